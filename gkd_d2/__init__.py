@@ -1,0 +1,23 @@
+"""gkd_d2: knowledge distillation of Detectron2 detectors with global knowledge.
+
+Importing the package registers ``DistillationDetector`` in Detectron2's
+``META_ARCH_REGISTRY`` and the knowledge terms in ``KNOWLEDGE_REGISTRY``.
+"""
+from .config import add_distill_config
+from .checkpoint import DistillationCheckpointer
+from .meta_arch import DistillationDetector
+from .prototypes import PrototypeBank, PrototypeGenerator, PrototypeRefreshHook, generate_prototypes
+from .engine import DistillTrainer, build_evaluator
+
+__all__ = [
+    "add_distill_config",
+    "DistillationCheckpointer",
+    "DistillationDetector",
+    "DistillTrainer",
+    "PrototypeBank",
+    "PrototypeGenerator",
+    "PrototypeRefreshHook",
+    "build_evaluator",
+    "generate_prototypes",
+]
+__version__ = "0.1.0"

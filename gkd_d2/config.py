@@ -1,0 +1,86 @@
+"""The ``DISTILL`` config node: every option of gkd_d2, with the paper's defaults.
+
+Call :func:`add_distill_config` on a Detectron2 ``CfgNode`` before merging a gkd_d2 yaml, the
+same way Detectron2's projects do (``add_pointrend_config``, ``add_deeplab_config``)::
+
+    cfg = get_cfg()
+    add_distill_config(cfg)
+    cfg.merge_from_file("configs/COCO/gkd_faster_rcnn_R101_to_R50_FPN_2x.yaml")
+
+Formulas and defaults: ``METHOD.md`` (shared with the project) and the docstrings of
+``gkd_d2/knowledge`` and ``gkd_d2/prototypes``.
+"""
+from detectron2.config import CfgNode as CN
+
+# Student meta-architectures the wrapper can drive.
+SUPPORTED_STUDENTS = ("GeneralizedRCNN", "RetinaNet")
+
+
+def add_distill_config(cfg):
+    """Add the ``DISTILL`` node (and the synthetic demo data node) to ``cfg`` in place."""
+    _C = cfg
+    _C.DISTILL = CN()
+    # Meta-architecture of the student; the student is built from this same cfg
+    # (MODEL.BACKBONE, MODEL.RESNETS, MODEL.ROI_HEADS, ...) and loads MODEL.WEIGHTS.
+    _C.DISTILL.STUDENT_ARCHITECTURE = "GeneralizedRCNN"
+
+    _C.DISTILL.TEACHER = CN()
+    # A Detectron2 yaml: a local path, or a model-zoo name such as
+    # "COCO-Detection/faster_rcnn_R_101_FPN_3x.yaml".
+    _C.DISTILL.TEACHER.CONFIG_FILE = ""
+    # Teacher checkpoint: local .pth/.pkl, or a URL (detectron2://..., https://...).
+    _C.DISTILL.TEACHER.WEIGHTS = ""
+    # Extra "KEY VALUE" overrides applied to the teacher's config after CONFIG_FILE.
+    _C.DISTILL.TEACHER.OPTS = []
+
+    # Active knowledge terms, any combination (names: gkd_d2.knowledge.KNOWLEDGE_REGISTRY).
+    # The default is the paper's full method: local feature + local response + global.
+    _C.DISTILL.KNOWLEDGE = ["feature", "response", "global"]
+    # Multiply every distillation loss by (1 - iter / SOLVER.MAX_ITER).
+    _C.DISTILL.ATTENUATION = False
+    # Multiply the feature foreground mask and the response losses by the robust weights of
+    # Eq. 8 when prototypes exist (the "+prototypes" variants of the paper's Table 4).
+    _C.DISTILL.ROBUST_WEIGHTS = True
+
+    # Local feature knowledge, Eq. 7: decoupled foreground/background imitation of every FPN
+    # level through a 3x3 conv + ReLU adaptation layer.
+    _C.DISTILL.FEATURE = CN()
+    _C.DISTILL.FEATURE.WEIGHT = 1.0  # lambda_feat
+    _C.DISTILL.FEATURE.GAMMA_FG = 1.0
+    _C.DISTILL.FEATURE.GAMMA_BG = 4.0
+    # FPN levels to imitate; empty = every level both backbones output.
+    _C.DISTILL.FEATURE.IN_FEATURES = []
+
+    # Local response knowledge: RoI class logits (Faster R-CNN) or anchor logits (RetinaNet).
+    _C.DISTILL.RESPONSE = CN()
+    _C.DISTILL.RESPONSE.WEIGHT = 1.0  # lambda_resp
+    _C.DISTILL.RESPONSE.TEMPERATURE = 2.0
+
+    # Global knowledge, Eq. 6: instance/prototype relations of teacher and student.
+    _C.DISTILL.GLOBAL = CN()
+    _C.DISTILL.GLOBAL.WEIGHT = 5.0  # lambda_global
+
+    # Prototype Generation Module and its refresh schedule.
+    _C.DISTILL.PGM = CN()
+    _C.DISTILL.PGM.ENABLED = True
+    _C.DISTILL.PGM.NUM_PROTOTYPES = 10  # K
+    _C.DISTILL.PGM.ALPHA = 10.0
+    _C.DISTILL.PGM.SIGMA = 0.1
+    _C.DISTILL.PGM.QUANTILE = 0.4
+    _C.DISTILL.PGM.MAX_SAMPLES = 800  # instances per class
+    _C.DISTILL.PGM.MIN_SIZE = 30  # shorter box side, pixels, at the test-time input scale
+    # Iterations between refreshes; 0 = one epoch = ceil(#images / SOLVER.IMS_PER_BATCH).
+    _C.DISTILL.PGM.PERIOD = 0
+    _C.DISTILL.PGM.SEED = 0
+    _C.DISTILL.PGM.BATCH_SIZE = 4  # images per extraction batch (per process)
+    # Dataset the instances are sampled from; empty = DATASETS.TRAIN.
+    _C.DISTILL.PGM.DATASETS = []
+
+    # Synthetic "ambiguous instances" data of the demo and tests: datasets named
+    # gkd_synth_train / gkd_synth_val are generated and registered from these values.
+    _C.DATASETS.SYNTHETIC = CN()
+    _C.DATASETS.SYNTHETIC.ROOT = "datasets/gkd_synth"
+    _C.DATASETS.SYNTHETIC.NUM_TRAIN = 256
+    _C.DATASETS.SYNTHETIC.NUM_VAL = 64
+    _C.DATASETS.SYNTHETIC.IMAGE_SIZE = 256
+    _C.DATASETS.SYNTHETIC.SEED = 0

@@ -1,0 +1,86 @@
+"""PrototypeBank: the prototypes of every (level, class), kept as fixed-shape buffers.
+
+Fixed shapes (L levels, C classes, K slots) make the prototypes part of the model's
+``state_dict``: they are written in every checkpoint and restored by ``--resume`` with no
+special code. Slots a (level, class) did not fill stay zero with ``valid`` False.
+"""
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ..knowledge.global_knowledge import prototype_coefficients, robust_weights
+
+
+@dataclass
+class Relations:
+    """beta_t, beta_s (N, L_slots=C*K); slot_valid (N, C*K) bool; slot_class (C*K,)."""
+
+    beta_t: torch.Tensor
+    beta_s: torch.Tensor
+    slot_valid: torch.Tensor
+    slot_class: torch.Tensor
+
+
+class PrototypeBank(nn.Module):
+    """Buffers:
+
+    teacher (L, C, K, D_T), student (L, C, K, D_S): raw (un-normalised) prototype features;
+    valid (L, C, K) bool; source (L, C, K, 2) long: (image id, annotation index) of each
+    prototype instance, -1 when empty; last_refresh_iter (): iteration of the last
+    regeneration, -1 = never.
+    """
+
+    def __init__(self, levels, num_classes, num_prototypes, dim_teacher, dim_student):
+        super().__init__()
+        self.levels = list(levels)
+        shape = (len(self.levels), num_classes, num_prototypes)
+        self.register_buffer("teacher", torch.zeros(*shape, dim_teacher))
+        self.register_buffer("student", torch.zeros(*shape, dim_student))
+        self.register_buffer("valid", torch.zeros(*shape, dtype=torch.bool))
+        self.register_buffer("source", torch.full((*shape, 2), -1, dtype=torch.long))
+        self.register_buffer("last_refresh_iter", torch.tensor(-1, dtype=torch.long))
+
+    @property
+    def num_classes(self):
+        return self.valid.shape[1]
+
+    @property
+    def num_prototypes(self):
+        return self.valid.shape[2]
+
+    def is_empty(self):
+        return not bool(self.valid.any())
+
+    @torch.no_grad()
+    def set_prototypes(self, level, cls, feats_t, feats_s, sources):
+        """Fill (level, cls) with k <= K prototypes: feats_t (k, D_T), feats_s (k, D_S),
+        sources (k, 2). Remaining slots are cleared."""
+        k = feats_t.shape[0]
+        for buf in (self.teacher, self.student):
+            buf[level, cls].zero_()
+        self.valid[level, cls] = False
+        self.source[level, cls] = -1
+        self.teacher[level, cls, :k] = feats_t.to(self.teacher)
+        self.student[level, cls, :k] = feats_s.to(self.student)
+        self.valid[level, cls, :k] = True
+        self.source[level, cls, :k] = sources.to(self.source)
+
+    def relations(self, feats_t, feats_s, levels) -> Relations:
+        """beta of each instance against every prototype of its level, both spaces.
+
+        feats_t (N, D_T), feats_s (N, D_S) (gradients flow through feats_s), levels (N,).
+        """
+        num_levels, c, k = self.valid.shape
+        beta_t = prototype_coefficients(feats_t, self.teacher.view(num_levels, c * k, -1), levels)
+        beta_s = prototype_coefficients(feats_s, self.student.view(num_levels, c * k, -1), levels)
+        slot_valid = self.valid.view(num_levels, c * k)[levels]
+        slot_class = torch.arange(c, device=levels.device).repeat_interleave(k)
+        return Relations(beta_t, beta_s, slot_valid, slot_class)
+
+    def robust_weights(self, feats_t, feats_s, levels, classes):
+        """Eq. 8 for N instances (classes (N,), background or unknown -> 1). Returns (N,)."""
+        if feats_t.shape[0] == 0 or self.is_empty():
+            return torch.ones(feats_t.shape[0], device=self.valid.device)
+        rel = self.relations(feats_t, feats_s, levels)
+        return robust_weights(rel.beta_t, rel.beta_s, rel.slot_valid, rel.slot_class, classes)

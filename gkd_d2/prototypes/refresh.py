@@ -1,0 +1,207 @@
+"""Regenerating the prototypes during training: :class:`PrototypeRefreshHook`.
+
+Schedule: before the first training step (unless the prototypes came back with a ``--resume``)
+and then every ``DISTILL.PGM.PERIOD`` iterations (0 = one epoch of the training set).
+
+One refresh: the student goes to eval mode; each process pools the instances of its share of
+the sampled images with the student (the teacher's are pooled once and cached: it is frozen);
+the features are gathered; the main process runs PGM for every (level, class); every process
+receives the same selection and fills its :class:`PrototypeBank`; the student returns to
+training mode.
+"""
+import logging
+import math
+import time
+from typing import List, Optional
+
+import numpy as np
+import torch
+from detectron2.data import DatasetCatalog
+from detectron2.engine import HookBase
+from detectron2.utils import comm
+
+from .instances import ImageInstances, extract_features, sample_instances
+from .pgm import generate_prototypes
+
+logger = logging.getLogger(__name__)
+
+
+def unwrap_model(model):
+    """The DistillationDetector inside a DistributedDataParallel (or itself)."""
+    return model.module if hasattr(model, "module") else model
+
+
+def training_dicts(cfg) -> List[dict]:
+    names = list(cfg.DISTILL.PGM.DATASETS) or list(cfg.DATASETS.TRAIN)
+    return [d for name in names for d in DatasetCatalog.get(name)]
+
+
+def refresh_period(cfg, num_images: int) -> int:
+    """DISTILL.PGM.PERIOD, or one epoch: ceil(#images / SOLVER.IMS_PER_BATCH)."""
+    period = int(cfg.DISTILL.PGM.PERIOD)
+    if period < 0:
+        raise ValueError(f"DISTILL.PGM.PERIOD={period} must be >= 1 (or 0 for one epoch).")
+    return period or max(1, math.ceil(num_images / cfg.SOLVER.IMS_PER_BATCH))
+
+
+def _gather_cat(t: torch.Tensor) -> torch.Tensor:
+    """Concatenate (L, n_rank, D) pieces of every process along dim 1, in rank order."""
+    parts = [p for p in comm.all_gather(t.cpu()) if p.shape[1] > 0]
+    return torch.cat(parts, dim=1) if parts else t.cpu()
+
+
+class PrototypeGenerator:
+    """Samples instances once, caches the teacher's features, regenerates on demand.
+
+    Works in a single process too (``refresh`` then needs no launcher).
+    """
+
+    def __init__(self, cfg, dataset_dicts: Optional[List[dict]] = None):
+        p = cfg.DISTILL.PGM
+        self.cfg = cfg
+        self.dataset_dicts = dataset_dicts if dataset_dicts is not None else training_dicts(cfg)
+        self.num_prototypes = int(p.NUM_PROTOTYPES)
+        self.alpha, self.sigma, self.quantile = float(p.ALPHA), float(p.SIGMA), float(p.QUANTILE)
+        self.batch_size = int(p.BATCH_SIZE)
+        self._records: Optional[List[ImageInstances]] = None
+        self._meta = None  # (N, 3) long: class, image id, annotation index (all processes)
+        self._teacher_feats = None  # (L, N, D_T) gathered, cached
+
+    def _extract(self, model, fn, records):
+        cfg = self.cfg
+        return extract_features(
+            records,
+            fn,
+            model.instance_levels,
+            model.strides,
+            cfg.INPUT.FORMAT,
+            cfg.INPUT.MIN_SIZE_TEST,
+            cfg.INPUT.MAX_SIZE_TEST,
+            self.batch_size,
+        )
+
+    def _prepare(self, model):
+        """Sample (same on every process), take this process's share, cache teacher features."""
+        p, cfg = self.cfg.DISTILL.PGM, self.cfg
+        records = sample_instances(
+            self.dataset_dicts,
+            model.num_classes,
+            int(p.MAX_SAMPLES),
+            float(p.MIN_SIZE),
+            int(p.SEED),
+            cfg.INPUT.MIN_SIZE_TEST,
+            cfg.INPUT.MAX_SIZE_TEST,
+        )
+        self._records = records[comm.get_rank() :: comm.get_world_size()]
+        meta = [
+            np.stack([r.classes, np.full(len(r.classes), r.image_id), r.ann_index], axis=1)
+            for r in self._records
+        ]
+        meta = torch.as_tensor(np.concatenate(meta) if meta else np.zeros((0, 3))).long()
+        self._meta = _gather_cat(meta[None])[0]
+        self._teacher_feats = _gather_cat(
+            self._extract(model, model.teacher_features, self._records)
+        )
+        n_cls = np.bincount(self._meta[:, 0].numpy(), minlength=model.num_classes)
+        for c in np.flatnonzero(n_cls == 0):
+            logger.warning(
+                "PGM: class %d has no instance of shorter side >= %s px: it gets no prototype "
+                "(its robust weights are 1).", c, p.MIN_SIZE
+            )
+
+    @torch.no_grad()
+    def refresh(self, model, iteration: int) -> dict:
+        """Regenerate ``model.prototypes``; returns stats (instances, prototypes, seconds)."""
+        start = time.perf_counter()
+        model = unwrap_model(model)
+        was_training = model.student.training
+        model.student.eval()
+        try:
+            if self._records is None:
+                self._prepare(model)
+            student = model.student
+
+            def student_fn(inputs):
+                return student.backbone(student.preprocess_image(inputs).tensor)
+
+            feats_s = _gather_cat(self._extract(model, student_fn, self._records))
+            selection = None
+            if comm.is_main_process():
+                selection = self._select(feats_s)
+            selection = comm.all_gather(selection)[0]
+            self._fill(model.prototypes, feats_s, selection, iteration)
+        finally:
+            model.student.train(was_training)
+        stats = {
+            "instances": int(self._meta.shape[0]),
+            "prototypes": int(model.prototypes.valid.sum()),
+            "seconds": time.perf_counter() - start,
+        }
+        per_level = model.prototypes.valid.sum(dim=(1, 2)).tolist()
+        logger.info(
+            "PGM refresh at iter %d: %d instances, %d prototypes (per level %s), %.1f s",
+            iteration,
+            stats["instances"],
+            stats["prototypes"],
+            dict(zip(model.instance_levels, per_level)),
+            stats["seconds"],
+        )
+        return stats
+
+    def _select(self, feats_s: torch.Tensor):
+        """{(level, class): LongTensor of chosen instance rows}, run once (main process)."""
+        feats_t = self._teacher_feats
+        classes = self._meta[:, 0]
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        selection = {}
+        for level in range(feats_t.shape[0]):
+            for c in torch.unique(classes).tolist():
+                rows = torch.nonzero(classes == c).flatten()
+                chosen = generate_prototypes(
+                    feats_t[level, rows].to(device),
+                    feats_s[level, rows].to(device),
+                    num_prototypes=self.num_prototypes,
+                    alpha=self.alpha,
+                    sigma=self.sigma,
+                    quantile=self.quantile,
+                )
+                selection[(level, c)] = rows[chosen.cpu()]
+        return selection
+
+    def _fill(self, bank, feats_s, selection, iteration):
+        bank.valid.zero_()
+        bank.teacher.zero_()
+        bank.student.zero_()
+        bank.source.fill_(-1)
+        for (level, c), rows in selection.items():
+            bank.set_prototypes(
+                level,
+                c,
+                self._teacher_feats[level, rows],
+                feats_s[level, rows],
+                self._meta[rows, 1:],
+            )
+        bank.last_refresh_iter.fill_(iteration)
+
+
+class PrototypeRefreshHook(HookBase):
+    """Detectron2 hook: regenerate prototypes before the first step and every ``period`` steps.
+
+    After ``--resume`` the prototypes come back from the checkpoint (``last_refresh_iter``),
+    so the next refresh happens on schedule, not at the restart.
+    """
+
+    def __init__(self, cfg, dataset_dicts: Optional[List[dict]] = None):
+        self.generator = PrototypeGenerator(cfg, dataset_dicts)
+        self.period = refresh_period(cfg, len(self.generator.dataset_dicts))
+
+    def before_step(self):
+        bank = unwrap_model(self.trainer.model).prototypes
+        it = self.trainer.iter
+        last = int(bank.last_refresh_iter)
+        if last >= 0 and it - last < self.period:
+            return
+        stats = self.generator.refresh(self.trainer.model, it)
+        storage = self.trainer.storage
+        storage.put_scalar("kd/pgm_prototypes", stats["prototypes"], smoothing_hint=False)
+        storage.put_scalar("kd/pgm_seconds", stats["seconds"], smoothing_hint=False)

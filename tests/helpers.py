@@ -1,0 +1,105 @@
+"""Builders for the tests: tiny configs, teacher checkpoints, batches with GT boxes."""
+import os
+
+import torch
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.config import get_cfg
+from detectron2.modeling import build_model
+from detectron2.structures import Boxes, Instances
+
+import gkd_d2  # noqa: F401  (registers the meta-architecture)
+from gkd_d2 import add_distill_config
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+NUM_CLASSES = 3
+
+
+def tiny_cfg(arch="GeneralizedRCNN", fpn_channels=16, depth=18, norm="BN"):
+    """A plain Detectron2 config of a tiny FPN detector (CPU, 64 px inputs)."""
+    cfg = get_cfg()
+    add_distill_config(cfg)
+    base = "Base-RCNN-FPN.yaml" if arch == "GeneralizedRCNN" else "Base-RetinaNet.yaml"
+    cfg.merge_from_file(os.path.join(ROOT, "configs", base))
+    cfg.MODEL.DEVICE = "cpu"
+    cfg.MODEL.RESNETS.DEPTH = depth
+    cfg.MODEL.RESNETS.RES2_OUT_CHANNELS = 64
+    cfg.MODEL.RESNETS.NORM = norm
+    cfg.MODEL.FPN.OUT_CHANNELS = fpn_channels
+    cfg.MODEL.ROI_HEADS.NUM_CLASSES = NUM_CLASSES
+    cfg.MODEL.RETINANET.NUM_CLASSES = NUM_CLASSES
+    cfg.MODEL.RETINANET.NUM_CONVS = 1
+    cfg.MODEL.RPN.PRE_NMS_TOPK_TRAIN = 200
+    cfg.MODEL.RPN.POST_NMS_TOPK_TRAIN = 64
+    cfg.MODEL.RPN.PRE_NMS_TOPK_TEST = 100
+    cfg.MODEL.RPN.POST_NMS_TOPK_TEST = 32
+    cfg.MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE = 32
+    cfg.MODEL.ROI_BOX_HEAD.FC_DIM = 32
+    if arch == "GeneralizedRCNN":
+        cfg.MODEL.ANCHOR_GENERATOR.SIZES = [[8], [16], [32], [64], [128]]
+    else:
+        cfg.MODEL.ANCHOR_GENERATOR.SIZES = [[x, x * 1.5] for x in [8, 16, 32, 64, 128]]
+        cfg.MODEL.ANCHOR_GENERATOR.ASPECT_RATIOS = [[1.0]]
+    cfg.INPUT.MIN_SIZE_TRAIN = (64,)
+    cfg.INPUT.MAX_SIZE_TRAIN = 64
+    cfg.INPUT.MIN_SIZE_TEST = 64
+    cfg.INPUT.MAX_SIZE_TEST = 64
+    cfg.SOLVER.IMS_PER_BATCH = 2
+    cfg.SOLVER.BASE_LR = 0.01
+    cfg.SOLVER.MAX_ITER = 10
+    cfg.SOLVER.WARMUP_ITERS = 0
+    cfg.DATALOADER.NUM_WORKERS = 0
+    return cfg
+
+
+def save_plain_config(cfg, path):
+    """Write ``cfg`` without the gkd_d2 nodes: a config any Detectron2 can read."""
+    c = cfg.clone()
+    c.defrost()
+    c.pop("DISTILL", None)
+    c.DATASETS.pop("SYNTHETIC", None)
+    with open(path, "w") as f:
+        f.write(c.dump())
+    return str(path)
+
+
+def make_teacher(tmp_dir, arch, seed=0, fpn_channels=32, num_classes=NUM_CLASSES, norm="BN"):
+    """Build a tiny teacher with random weights, save its yaml and a .pth checkpoint."""
+    torch.manual_seed(seed)
+    cfg = tiny_cfg(arch, fpn_channels=fpn_channels, norm=norm)
+    cfg.MODEL.ROI_HEADS.NUM_CLASSES = num_classes
+    cfg.MODEL.RETINANET.NUM_CLASSES = num_classes
+    model = build_model(cfg)
+    cfg_path = save_plain_config(cfg, os.path.join(tmp_dir, "teacher.yaml"))
+    DetectionCheckpointer(model, save_dir=str(tmp_dir)).save("teacher")
+    return cfg_path, os.path.join(str(tmp_dir), "teacher.pth")
+
+
+def distill_cfg(teacher, arch="GeneralizedRCNN", knowledge=("feature", "response", "global"), **kw):
+    """A DistillationDetector config: tiny student of ``arch`` with ``teacher`` = (yaml, pth)."""
+    cfg = tiny_cfg(arch, **kw)
+    cfg.MODEL.META_ARCHITECTURE = "DistillationDetector"
+    cfg.DISTILL.STUDENT_ARCHITECTURE = arch
+    cfg.DISTILL.TEACHER.CONFIG_FILE, cfg.DISTILL.TEACHER.WEIGHTS = teacher
+    cfg.DISTILL.KNOWLEDGE = list(knowledge)
+    cfg.DISTILL.PGM.NUM_PROTOTYPES = 3
+    cfg.DISTILL.PGM.MIN_SIZE = 4
+    return cfg
+
+
+def make_batch(boxes_per_image=((2, 2),), size=64, seed=0):
+    """Detectron2 training inputs with random images and given GT.
+
+    boxes_per_image: for each image, a sequence of (num_boxes, ...) -- we use a list of
+    (n, first_class) pairs to generate n random boxes of classes first_class, first_class+1...
+    """
+    g = torch.Generator().manual_seed(seed)
+    batch = []
+    for n, first_cls in boxes_per_image:
+        image = torch.randint(0, 255, (3, size, size), generator=g, dtype=torch.uint8)
+        xy = torch.rand(n, 2, generator=g) * size * 0.5
+        wh = 8 + torch.rand(n, 2, generator=g) * size * 0.4
+        inst = Instances((size, size))
+        inst.gt_boxes = Boxes(torch.cat([xy, (xy + wh).clamp(max=size - 1)], dim=1))
+        inst.gt_classes = (torch.arange(n) + first_cls) % NUM_CLASSES
+        batch.append({"image": image, "instances": inst, "height": size, "width": size})
+    return batch

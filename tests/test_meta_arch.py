@@ -1,0 +1,189 @@
+"""DistillationDetector: gradients, frozen teacher, inference = student, errors."""
+import copy
+
+import pytest
+import torch
+from detectron2.modeling import build_model
+from detectron2.utils.events import EventStorage
+from helpers import NUM_CLASSES, distill_cfg, make_batch, make_teacher
+
+from gkd_d2 import DistillationCheckpointer
+
+ARCHS = ["GeneralizedRCNN", "RetinaNet"]
+
+
+def teacher_of(arch, request):
+    return request.getfixturevalue("rcnn_teacher" if arch == "GeneralizedRCNN" else "retina_teacher")
+
+
+def train_losses(model, batch, it=0):
+    model.train()
+    with EventStorage(it):
+        return model(batch)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_losses_finite_and_gradients_reach_student_and_adapters_only(arch, request):
+    torch.manual_seed(0)
+    model = build_model(distill_cfg(teacher_of(arch, request), arch))
+    # Prototypes so the global term is not trivially zero.
+    fill_prototypes_from_batch(model, make_batch(((3, 0), (3, 1))))
+    losses = train_losses(model, make_batch(((2, 0), (3, 1))))
+    kd = {k: v for k, v in losses.items() if k.startswith("loss_kd_")}
+    assert set(kd) == {"loss_kd_feature", "loss_kd_response", "loss_kd_global"}
+    for name, value in kd.items():
+        assert torch.isfinite(value), name
+        model.zero_grad(set_to_none=True)
+        value.backward(retain_graph=True)
+        student_grad = sum(
+            p.grad.abs().sum() for p in model.student.parameters() if p.grad is not None
+        )
+        assert student_grad > 0, f"{name} does not reach the student"
+        assert all(p.grad is None for p in model.teacher.parameters()), name
+        adapter_grads = [p.grad for p in model.knowledge.parameters()]
+        if name == "loss_kd_feature":
+            assert all(g is not None and g.abs().sum() > 0 for g in adapter_grads)
+    assert all(not p.requires_grad for p in model.teacher.parameters())
+
+
+def fill_prototypes_from_batch(model, batch):
+    """Make GT instances of ``batch`` the prototypes of their (level, class)."""
+    from gkd_d2.structures import GroundTruth
+
+    gt_inst = [x["instances"] for x in batch]
+    gt = GroundTruth.from_instances(gt_inst, model._min_level, model._max_level)
+    with torch.no_grad():
+        model.eval()
+        s = model.student
+        s_feats = s.backbone(s.preprocess_image(batch).tensor)
+        fs = model.pool_instances(s_feats, gt)
+        ft = model.pool_instances(model.teacher_features(batch), gt)
+    for i in range(len(gt)):
+        lvl, c = int(gt.levels[i]), int(gt.classes[i])
+        model.prototypes.set_prototypes(lvl, c, ft[i : i + 1], fs[i : i + 1], torch.tensor([[0, i]]))
+    model.prototypes.last_refresh_iter.fill_(0)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_teacher_frozen_and_in_eval_mode_through_training(arch, request):
+    from detectron2.solver import build_optimizer
+
+    cfg = distill_cfg(teacher_of(arch, request), arch)
+    cfg.SOLVER.BASE_LR = 1e-6  # random teacher features are huge; only the freezing matters
+    model = build_model(cfg)
+    before = copy.deepcopy(model.teacher.state_dict())
+    optimizer = build_optimizer(cfg, model)
+    teacher_params = {id(p) for p in model.teacher.parameters()}
+    assert not any(id(p) in teacher_params for g in optimizer.param_groups for p in g["params"])
+    for it in range(3):
+        model.train()
+        assert not model.teacher.training
+        assert all(not m.training for m in model.teacher.modules())
+        losses = train_losses(model, make_batch(((2, 0), (1, 2)), seed=it), it)
+        optimizer.zero_grad()
+        sum(losses.values()).backward()
+        optimizer.step()
+    after = model.teacher.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)  # BN stats included
+    assert model.student.training and not model.teacher.training
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_eval_output_equals_student_alone(arch, request):
+    torch.manual_seed(0)
+    model = build_model(distill_cfg(teacher_of(arch, request), arch))
+    # Give the student some trained-looking weights: the teacher's (a student of the same
+    # width is not needed: compare the wrapper with its own student module).
+    model.eval()
+    batch = [{k: v for k, v in x.items() if k != "instances"} for x in make_batch(((2, 0),))]
+    with torch.no_grad():
+        wrapped = model(batch)
+        alone = model.student(batch)
+    assert len(wrapped) == len(alone)
+    for a, b in zip(wrapped, alone):
+        a, b = a["instances"], b["instances"]
+        assert torch.equal(a.pred_boxes.tensor, b.pred_boxes.tensor)
+        assert torch.equal(a.scores, b.scores)
+        assert torch.equal(a.pred_classes, b.pred_classes)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_student_equal_to_teacher_gives_zero_response_and_global_loss(arch, tmp_path):
+    # Same architecture, same width, same weights; FrozenBN so train/eval modes agree.
+    teacher = make_teacher(tmp_path, arch, fpn_channels=16, norm="FrozenBN")
+    cfg = distill_cfg(teacher, arch, norm="FrozenBN")
+    model = build_model(cfg)
+    DistillationCheckpointer(model).load(teacher[1])  # plain checkpoint -> student only
+    fill_prototypes_from_batch(model, make_batch(((3, 0), (2, 1)), seed=5))
+    losses = train_losses(model, make_batch(((2, 0), (3, 1))))
+    assert losses["loss_kd_response"].item() == pytest.approx(0.0, abs=1e-6)
+    assert losses["loss_kd_global"].item() == pytest.approx(0.0, abs=1e-6)
+    assert losses["loss_kd_feature"].item() > 0  # adapters start random: not a zero-loss term
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_batch_without_gt_boxes(arch, request):
+    model = build_model(distill_cfg(teacher_of(arch, request), arch))
+    fill_prototypes_from_batch(model, make_batch(((3, 0),)))
+    for batch in (make_batch(((0, 0), (2, 1))), make_batch(((0, 0), (0, 0)))):
+        losses = train_losses(model, batch)
+        for k, v in losses.items():
+            assert torch.isfinite(v), k
+        sum(losses.values()).backward()
+
+
+def test_missing_teacher_weights_file(rcnn_teacher, tmp_path):
+    cfg = distill_cfg((rcnn_teacher[0], str(tmp_path / "nope.pth")))
+    with pytest.raises(FileNotFoundError, match="DISTILL.TEACHER.WEIGHTS.*nope.pth"):
+        build_model(cfg)
+
+
+def test_missing_teacher_config_file(rcnn_teacher, tmp_path):
+    cfg = distill_cfg((str(tmp_path / "missing.yaml"), rcnn_teacher[1]))
+    with pytest.raises(FileNotFoundError, match="DISTILL.TEACHER.CONFIG_FILE.*missing.yaml"):
+        build_model(cfg)
+
+
+def test_teacher_with_other_number_of_classes(tmp_path):
+    teacher = make_teacher(tmp_path, "GeneralizedRCNN", num_classes=NUM_CLASSES + 2)
+    with pytest.raises(ValueError, match="teacher predicts 5 classes but the student 3"):
+        build_model(distill_cfg(teacher))
+
+
+def test_teacher_weights_of_other_number_of_classes(tmp_path, rcnn_teacher):
+    # Config says 3 classes, checkpoint has 5: Detectron2 alone would skip those tensors.
+    other = make_teacher(tmp_path, "GeneralizedRCNN", num_classes=NUM_CLASSES + 2)
+    with pytest.raises(ValueError, match="number of classes.*cls_score"):
+        build_model(distill_cfg((rcnn_teacher[0], other[1])))
+
+
+def test_unknown_student_architecture(rcnn_teacher):
+    cfg = distill_cfg(rcnn_teacher)
+    cfg.DISTILL.STUDENT_ARCHITECTURE = "YOLO"
+    with pytest.raises(ValueError, match="DISTILL.STUDENT_ARCHITECTURE='YOLO' is not supported"):
+        build_model(cfg)
+
+
+def test_unknown_knowledge_term(rcnn_teacher):
+    cfg = distill_cfg(rcnn_teacher, knowledge=("feature", "telepathy"))
+    with pytest.raises(ValueError, match="DISTILL.KNOWLEDGE: unknown knowledge term 'telepathy'"):
+        build_model(cfg)
+
+
+def test_fpn_levels_must_match(rcnn_teacher):
+    cfg = distill_cfg(rcnn_teacher)
+    cfg.DISTILL.FEATURE.IN_FEATURES = ["p2", "p9"]
+    with pytest.raises(ValueError, match="FPN level names of the teacher and the student differ"):
+        build_model(cfg)
+
+
+def test_response_needs_teacher_of_same_kind(retina_teacher):
+    with pytest.raises(ValueError, match="response knowledge needs a teacher of the student's kind"):
+        build_model(distill_cfg(retina_teacher, "GeneralizedRCNN"))
+
+
+def test_negative_weight_rejected(rcnn_teacher):
+    cfg = distill_cfg(rcnn_teacher)
+    cfg.DISTILL.GLOBAL.WEIGHT = -1.0
+    with pytest.raises(ValueError, match="DISTILL.GLOBAL.WEIGHT=-1.0"):
+        build_model(cfg)

@@ -1,0 +1,55 @@
+#!/usr/bin/env python
+"""Train or evaluate a distilled detector, Detectron2 style.
+
+    python tools/train_net.py --config-file configs/Demo/gkd_faster_rcnn_R18_from_R50.yaml
+    python tools/train_net.py --config-file CFG --num-gpus 8
+    python tools/train_net.py --config-file CFG --eval-only MODEL.WEIGHTS output/model_final.pth
+    python tools/train_net.py --config-file CFG --resume
+
+Every Detectron2 option works (--num-machines, --machine-rank, --dist-url, KEY VALUE pairs).
+"""
+from detectron2.config import get_cfg
+from detectron2.engine import default_argument_parser, default_setup, launch
+from detectron2.evaluation import verify_results
+
+from gkd_d2 import DistillationCheckpointer, DistillTrainer, add_distill_config
+from gkd_d2.data.builtin import register_datasets_from_cfg
+
+
+def setup(args):
+    cfg = get_cfg()
+    add_distill_config(cfg)
+    cfg.merge_from_file(args.config_file)
+    cfg.merge_from_list(args.opts)
+    cfg.freeze()
+    default_setup(cfg, args)
+    register_datasets_from_cfg(cfg)
+    return cfg
+
+
+def main(args):
+    cfg = setup(args)
+    if args.eval_only:
+        model = DistillTrainer.build_model(cfg)
+        DistillationCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
+            cfg.MODEL.WEIGHTS, resume=args.resume
+        )
+        res = DistillTrainer.test(cfg, model)
+        verify_results(cfg, res)
+        return res
+    trainer = DistillTrainer(cfg)
+    trainer.resume_or_load(resume=args.resume)
+    return trainer.train()
+
+
+if __name__ == "__main__":
+    args = default_argument_parser().parse_args()
+    print("Command Line Args:", args)
+    launch(
+        main,
+        args.num_gpus,
+        num_machines=args.num_machines,
+        machine_rank=args.machine_rank,
+        dist_url=args.dist_url,
+        args=(args,),
+    )
