@@ -46,11 +46,16 @@ class DistillationCheckpointer(DetectionCheckpointer):
         save_file = os.path.join(self.save_dir, basename)
         tmp_file = save_file + ".tmp"
         self.logger.info("Saving checkpoint to {}".format(save_file))
-        with PathManager.open(tmp_file, "wb") as f:
-            torch.save(data, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp_file, save_file)
+        try:
+            with PathManager.open(tmp_file, "wb") as f:
+                torch.save(data, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp_file, save_file)
+        except BaseException:
+            if os.path.exists(tmp_file):
+                os.remove(tmp_file)
+            raise
         self.tag_last_checkpoint(basename)
 
     def tag_last_checkpoint(self, last_filename_basename: str) -> None:

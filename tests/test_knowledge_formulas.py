@@ -1,0 +1,144 @@
+"""Exact values of the local and global knowledge formulas on hand-made tensors."""
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from gkd_d2.knowledge.feature import decoupled_feature_loss
+from gkd_d2.knowledge.global_knowledge import (
+    global_knowledge_loss,
+    prototype_coefficients,
+    robust_weights,
+)
+from gkd_d2.knowledge.masks import weighted_box_mask
+from gkd_d2.knowledge.response import roi_kl, sigmoid_response
+from gkd_d2.prototypes.bank import PrototypeBank
+
+
+def test_box_mask_cells_by_hand():
+    # stride 4 on an 8x8 map. Box A (5, 3)-(13, 11): x cells [1, 3), y cells [0, 2).
+    # Box B (0, 0)-(2, 2) is smaller than a cell: covers exactly cell (0, 0).
+    boxes = torch.tensor([[5.0, 3.0, 13.0, 11.0], [0.0, 0.0, 2.0, 2.0], [30.0, 30.0, 31.0, 32.0]])
+    weights = torch.tensor([0.5, 0.9, 0.7])
+    image_index = torch.tensor([0, 0, 1])
+    m = weighted_box_mask(boxes, image_index, weights, 4, 2, 8, 8)
+    expected = torch.zeros(2, 8, 8)
+    expected[0, 0:2, 1:3] = 0.5
+    expected[0, 0, 0] = 0.9
+    expected[1, 7, 7] = 0.7  # x: [7, max(7, 8)) ; y: [7, 8)
+    assert torch.equal(m, expected)
+
+
+def test_box_mask_overlap_takes_largest_weight():
+    boxes = torch.tensor([[0.0, 0.0, 16.0, 16.0], [8.0, 8.0, 24.0, 24.0]])
+    m = weighted_box_mask(boxes, torch.tensor([0, 0]), torch.tensor([0.3, 0.8]), 8, 1, 4, 4)
+    assert m[0, 0, 0] == 0.3 and m[0, 1, 1] == 0.8 and m[0, 2, 2] == 0.8 and m[0, 3, 3] == 0
+    empty = weighted_box_mask(torch.zeros(0, 4), torch.zeros(0, dtype=torch.long), torch.zeros(0), 8, 2, 4, 4)
+    assert empty.shape == (2, 4, 4) and empty.sum() == 0
+
+
+def test_decoupled_feature_loss_by_hand():
+    t = torch.zeros(1, 2, 2, 2)
+    s = torch.zeros(1, 2, 2, 2)
+    s[0, :, 0, 0] = 1.0  # error 2 (sum over 2 channels) at the foreground cell
+    s[0, 0, 1, 1] = 3.0  # error 9 at a background cell
+    mask = torch.zeros(1, 2, 2)
+    mask[0, 0, 0] = 0.5
+    # L_fg = 0.5 * 2 / (2 * 0.5) = 1 ; L_bg = 9 / (2 * 3) = 1.5
+    loss = decoupled_feature_loss(s, t, mask, gamma_fg=1.0, gamma_bg=4.0)
+    assert loss.item() == pytest.approx(1.0 + 4.0 * 1.5)
+    # No foreground: the fg part is 0 (denominator clamped to 1), no NaN.
+    loss = decoupled_feature_loss(s, t, torch.zeros(1, 2, 2), 1.0, 1.0)
+    assert loss.item() == pytest.approx((2 + 9) / 8)
+
+
+def test_roi_kl_by_hand():
+    zs = torch.tensor([[0.0, 0.0], [1.0, -1.0]])
+    zt = torch.tensor([[2.0, 0.0], [1.0, -1.0]])
+    T = 2.0
+    pt = torch.softmax(zt[0] / T, 0)
+    ps = torch.softmax(zs[0] / T, 0)
+    kl0 = float((pt * (pt.log() - ps.log())).sum()) * T * T
+    w = torch.tensor([0.5, 1.0])
+    assert roi_kl(zs, zt, w, T).item() == pytest.approx(0.5 * kl0 / 2, rel=1e-6)
+    assert roi_kl(zt, zt, torch.ones(2), T).item() == 0.0
+    assert roi_kl(torch.zeros(0, 3), torch.zeros(0, 3), torch.zeros(0), T).item() == 0.0
+
+
+def test_sigmoid_response_by_hand():
+    T = 2.0
+    zs = torch.tensor([[[0.0], [1.0], [5.0]]])  # (B=1, A=3, C=1)
+    zt = torch.tensor([[[2.0], [1.0], [-5.0]]])
+    valid = torch.tensor([[True, True, False]])  # third anchor ignored
+    w = torch.tensor([[0.5, 1.0, 1.0]])
+    p = torch.sigmoid(torch.tensor(1.0))  # teacher prob of anchor 0 at T=2
+    q = torch.tensor(0.5)  # student prob of anchor 0
+    kl = p * torch.log(p / q) + (1 - p) * torch.log((1 - p) / (1 - q))
+    expected = 0.5 * T * T * float(kl) / 2.0  # normaliser 2
+    assert sigmoid_response(zs, zt, w, valid, 2.0, T).item() == pytest.approx(expected, rel=1e-5)
+    assert sigmoid_response(zt, zt, torch.ones(1, 3), valid, 1.0, T).item() == pytest.approx(0, abs=1e-7)
+
+
+def test_prototype_coefficients_pick_the_instance_level():
+    protos = torch.zeros(2, 2, 2)  # L=2 levels, M=2 slots, D=2
+    protos[0, 0] = torch.tensor([1.0, 0.0])
+    protos[1, 0] = torch.tensor([0.0, 3.0])
+    protos[1, 1] = torch.tensor([1.0, 1.0])
+    x = torch.tensor([[2.0, 0.0], [2.0, 0.0]])
+    beta = prototype_coefficients(x, protos, torch.tensor([0, 1]))
+    assert torch.allclose(beta, torch.tensor([[1.0, 0.0], [0.0, 1 / math.sqrt(2)]]))
+
+
+def test_robust_weights_eq8_by_hand():
+    # 3 slots: class 0, class 0, class 1 ; last slot invalid for instance 1.
+    beta_t = torch.tensor([[0.9, 0.2, 0.5], [0.1, 0.3, 0.8], [0.1, 0.1, 0.1]])
+    beta_s = torch.tensor([[0.6, 0.7, 0.0], [0.2, 0.1, 0.0], [0.1, 0.1, 0.1]])
+    valid = torch.tensor([[True, True, True], [True, True, False], [True, True, True]])
+    slot_class = torch.tensor([0, 0, 1])
+    classes = torch.tensor([0, 1, 3])  # instance 1: class 1 has no valid slot; 2: background
+    w = robust_weights(beta_t, beta_s, valid, slot_class, classes)
+    # instance 0: 1 - |max(0.9, 0.2) - max(0.6, 0.7)| = 0.8
+    assert torch.allclose(w, torch.tensor([0.8, 1.0, 1.0]))
+    big = robust_weights(torch.tensor([[1.0]]), torch.tensor([[-1.0]]), torch.tensor([[True]]), torch.tensor([0]), torch.tensor([0]))
+    assert big.item() == 0.0  # clamped
+
+
+def test_global_loss_eq6_by_hand_and_gradient_to_student_only():
+    beta_t = torch.tensor([[0.5, 0.0], [1.0, 0.2]], requires_grad=True)
+    beta_s = torch.tensor([[0.0, 0.0], [-1.5, 0.2]], requires_grad=True)
+    valid = torch.tensor([[True, False], [True, True]])
+    w = torch.tensor([0.5, 1.0])
+    # valid pairs: (0,0): 0.5*smoothL1(-0.5)=0.5*0.125 ; (1,0): smoothL1(-2.5)=2.0 ; (1,1): 0
+    expected = (0.0625 + 2.0 + 0.0) / 3
+    loss = global_knowledge_loss(beta_t, beta_s, valid, w)
+    assert loss.item() == pytest.approx(expected)
+    loss.backward()
+    assert beta_t.grad is None and beta_s.grad is not None
+    assert global_knowledge_loss(beta_t, beta_s, torch.zeros(2, 2, dtype=torch.bool), w).item() == 0.0
+
+
+def test_bank_relations_identical_spaces_give_weight_one_and_zero_loss():
+    torch.manual_seed(0)
+    bank = PrototypeBank(["p2", "p3"], num_classes=3, num_prototypes=2, dim_teacher=5, dim_student=5)
+    feats = torch.randn(6, 5)
+    bank.set_prototypes(0, 0, feats[:2], feats[:2], torch.tensor([[1, 0], [1, 1]]))
+    bank.set_prototypes(1, 2, feats[2:3], feats[2:3], torch.tensor([[2, 0]]))
+    x = torch.randn(4, 5)
+    levels = torch.tensor([0, 1, 1, 0])
+    classes = torch.tensor([0, 2, 1, 1])
+    rel = bank.relations(x, x, levels)
+    assert rel.beta_t.shape == (4, 6) and rel.slot_valid.sum() == 2 + 1 + 1 + 2
+    assert torch.equal(bank.robust_weights(x, x, levels, classes), torch.ones(4))
+    assert global_knowledge_loss(rel.beta_t, rel.beta_s, rel.slot_valid, torch.ones(4)).item() == 0
+    # Different student features: weights < 1 only where the class has prototypes.
+    w = bank.robust_weights(x, torch.randn(4, 5), levels, classes)
+    assert w[0] < 1 and w[1] < 1 and w[2] == 1 and w[3] == 1
+
+
+def test_empty_bank_gives_weight_one():
+    bank = PrototypeBank(["p3"], 2, 3, 4, 6)
+    w = bank.robust_weights(torch.randn(3, 4), torch.randn(3, 6), torch.zeros(3, dtype=torch.long), torch.tensor([0, 1, 0]))
+    assert torch.equal(w, torch.ones(3))
+    rel = bank.relations(torch.randn(3, 4), torch.randn(3, 6), torch.zeros(3, dtype=torch.long))
+    assert torch.isfinite(rel.beta_s).all() and not rel.slot_valid.any()
