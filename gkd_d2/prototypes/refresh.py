@@ -92,7 +92,11 @@ class PrototypeGenerator:
             cfg.INPUT.MIN_SIZE_TEST,
             cfg.INPUT.MAX_SIZE_TEST,
         )
-        self._records = records[comm.get_rank() :: comm.get_world_size()]
+        # Contiguous shares: gathering them in rank order restores the sampling order, so the
+        # selection does not depend on the number of processes.
+        rank, world = comm.get_rank(), comm.get_world_size()
+        bounds = np.linspace(0, len(records), world + 1).astype(int)
+        self._records = records[bounds[rank] : bounds[rank + 1]]
         meta = [
             np.stack([r.classes, np.full(len(r.classes), r.image_id), r.ann_index], axis=1)
             for r in self._records

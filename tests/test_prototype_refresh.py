@@ -1,0 +1,165 @@
+"""PGM in training: instance sampling, the refresh hook's schedule, caching, resume, 2 ranks."""
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+from detectron2.data import DatasetCatalog
+from detectron2.engine import launch
+from detectron2.modeling import build_model
+from helpers import distill_cfg
+
+from gkd_d2 import DistillTrainer, PrototypeGenerator
+from gkd_d2.data.synthetic import SYNTHETIC_CLASSES, register_synthetic_dataset
+from gkd_d2.prototypes.instances import sample_instances
+from gkd_d2.prototypes.refresh import PrototypeRefreshHook
+
+NUM_IMAGES = 8
+
+
+@pytest.fixture(scope="module")
+def synth(tmp_path_factory):
+    """A tiny synthetic training set (64 px images), registered once for this module."""
+    root = str(tmp_path_factory.mktemp("synth"))
+    name = "gkd_test_refresh_train"
+    register_synthetic_dataset(name, root, num_images=NUM_IMAGES, image_size=64, seed=3)
+    return name
+
+
+def refresh_cfg(teacher, synth, tmp_path, **opts):
+    cfg = distill_cfg(teacher)
+    cfg.MODEL.ROI_HEADS.NUM_CLASSES = len(SYNTHETIC_CLASSES)
+    cfg.DATASETS.TRAIN = (synth,)
+    cfg.DATASETS.TEST = ()
+    cfg.OUTPUT_DIR = str(tmp_path)
+    cfg.SOLVER.BASE_LR = 1e-5
+    cfg.SOLVER.CHECKPOINT_PERIOD = 1000
+    for k, v in opts.items():
+        cfg.merge_from_list([k.replace("__", "."), v])
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def synth_teacher(tmp_path_factory):
+    from helpers import make_teacher
+
+    return make_teacher(
+        tmp_path_factory.mktemp("synth_teacher"), "GeneralizedRCNN", num_classes=len(SYNTHETIC_CLASSES)
+    )
+
+
+def test_sample_instances_respects_cap_min_size_and_seed(synth):
+    dicts = DatasetCatalog.get(synth)
+    kw = dict(num_classes=len(SYNTHETIC_CLASSES), max_samples=2, min_size=10, test_short_edge=128, test_max_size=128)
+    recs = sample_instances(dicts, seed=0, **kw)
+    classes = np.concatenate([r.classes for r in recs])
+    assert np.bincount(classes, minlength=len(SYNTHETIC_CLASSES)).max() <= 2
+    for r in recs:  # 64 px images resized to 128: scale 2
+        short = np.minimum(r.boxes[:, 2] - r.boxes[:, 0], r.boxes[:, 3] - r.boxes[:, 1]) * 2
+        assert (short >= 10).all()
+        d = next(d for d in dicts if d["image_id"] == r.image_id)
+        for box, j in zip(r.boxes, r.ann_index):
+            x, y, w, h = d["annotations"][j]["bbox"]
+            assert np.allclose(box, [x, y, x + w, y + h])
+    again = sample_instances(dicts, seed=0, **kw)
+    assert [r.ann_index.tolist() for r in again] == [r.ann_index.tolist() for r in recs]
+    # Without a cap every eligible instance is taken.
+    all_recs = sample_instances(dicts, seed=0, **{**kw, "max_samples": 10**6})
+    eligible = sum(
+        1
+        for d in dicts
+        for a in d["annotations"]
+        if min(a["bbox"][2], a["bbox"][3]) * 2 >= 10
+    )
+    assert sum(len(r.classes) for r in all_recs) == eligible
+
+
+def test_hook_schedule_cache_and_modes(synth, synth_teacher, tmp_path, monkeypatch):
+    cfg = refresh_cfg(synth_teacher, synth, tmp_path, SOLVER__MAX_ITER="7", DISTILL__PGM__PERIOD="3")
+    trainer = DistillTrainer(cfg)
+    hook = next(h for h in trainer._hooks if isinstance(h, PrototypeRefreshHook))
+    model = trainer.model
+    calls, teacher_calls, modes = [], [], []
+    real_refresh = hook.generator.refresh
+    real_teacher = model.teacher_features
+
+    def spy_refresh(m, it):
+        calls.append(it)
+        return real_refresh(m, it)
+
+    def spy_teacher(inputs):
+        teacher_calls.append(len(calls))
+        modes.append(model.student.training)
+        return real_teacher(inputs)
+
+    monkeypatch.setattr(hook.generator, "refresh", spy_refresh)
+    monkeypatch.setattr(model, "teacher_features", spy_teacher)
+    trainer.train()
+    assert calls == [0, 3, 6]
+    # teacher instance features: computed during the first refresh only (then cached);
+    # the teacher is also called once per training step for its feature maps.
+    extraction = [c for c in teacher_calls if c == 1]
+    assert extraction and all(not m for c, m in zip(teacher_calls, modes) if c == 1 and m is not None)
+    assert model.student.training
+    bank = model.prototypes
+    assert int(bank.last_refresh_iter) == 6 and not bank.is_empty()
+    assert int(bank.valid.sum(dim=2).max()) <= cfg.DISTILL.PGM.NUM_PROTOTYPES
+    metrics = [json.loads(l) for l in open(os.path.join(cfg.OUTPUT_DIR, "metrics.json"))]
+    kd = [m["loss_kd_global"] for m in metrics if "loss_kd_global" in m]
+    assert kd and all(np.isfinite(kd))
+    assert any("kd/robust_weight_mean" in m for m in metrics)
+
+
+def test_resume_restores_prototypes_without_early_refresh(synth, synth_teacher, tmp_path, monkeypatch):
+    cfg = refresh_cfg(
+        synth_teacher, synth, tmp_path, SOLVER__MAX_ITER="5", DISTILL__PGM__PERIOD="4", SOLVER__CHECKPOINT_PERIOD="3"
+    )
+    trainer = DistillTrainer(cfg)
+    trainer.train()  # refreshes at 0 and 4; checkpoint after iteration 2 (model_0000002.pth)
+    saved = torch.load(os.path.join(cfg.OUTPUT_DIR, "model_0000002.pth"), weights_only=False)["model"]
+    assert int(saved["prototypes.last_refresh_iter"]) == 0
+    with open(os.path.join(cfg.OUTPUT_DIR, "last_checkpoint"), "w") as f:
+        f.write("model_0000002.pth")  # pretend the run stopped after iteration 2
+
+    cfg2 = cfg.clone()
+    cfg2.SOLVER.MAX_ITER = 6
+    resumed = DistillTrainer(cfg2)
+    hook = next(h for h in resumed._hooks if isinstance(h, PrototypeRefreshHook))
+    calls = []
+    real = hook.generator.refresh
+    monkeypatch.setattr(hook.generator, "refresh", lambda m, it: calls.append(it) or real(m, it))
+    resumed.resume_or_load(resume=True)
+    assert resumed.start_iter == 3
+    assert torch.equal(resumed.model.prototypes.teacher, saved["prototypes.teacher"])
+    resumed.train()
+    assert calls == [4]  # not at the restart (3): the restored prototypes are from iter 0
+
+
+def _two_rank_worker(cfg, synth_root, out_dir):
+    from detectron2.utils import comm
+
+    register_synthetic_dataset("gkd_test_refresh_train", synth_root, num_images=NUM_IMAGES, image_size=64, seed=3)
+    torch.manual_seed(0)  # same student weights on both ranks (DDP would broadcast them)
+    model = build_model(cfg)
+    stats = PrototypeGenerator(cfg).refresh(model, 0)
+    state = {k: v for k, v in model.prototypes.state_dict().items()}
+    torch.save({"state": state, "stats": stats}, os.path.join(out_dir, f"rank{comm.get_rank()}.pth"))
+
+
+def test_two_processes_get_identical_prototypes(synth, synth_teacher, tmp_path):
+    cfg = refresh_cfg(synth_teacher, synth, tmp_path)
+    root = DatasetCatalog.get(synth)[0]["file_name"].rsplit("/images/", 1)[0]
+    port = 20000 + os.getpid() % 20000
+    launch(_two_rank_worker, 2, dist_url=f"tcp://127.0.0.1:{port}", args=(cfg, root, str(tmp_path)))
+    r0 = torch.load(tmp_path / "rank0.pth", weights_only=False)
+    r1 = torch.load(tmp_path / "rank1.pth", weights_only=False)
+    assert r0["stats"]["instances"] == r1["stats"]["instances"] > 0
+    for k in r0["state"]:
+        assert torch.equal(r0["state"][k], r1["state"][k]), k
+    # Same as a single process doing all the work.
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    PrototypeGenerator(cfg).refresh(model, 0)
+    for k, v in model.prototypes.state_dict().items():
+        assert torch.allclose(v.float(), r0["state"][k].float(), atol=1e-5), k
