@@ -62,6 +62,24 @@ def save_plain_config(cfg, path):
     return str(path)
 
 
+@torch.no_grad()
+def calibrate_batchnorm(model, steps=30):
+    """Set BN running statistics from random images, as training would: a random-init teacher
+    evaluated with running_var = 1 has exploding activations."""
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.momentum = None  # cumulative average
+            m.reset_running_stats()
+    model.train()
+    for i in range(steps):
+        images = [x["image"] for x in make_batch(((0, 0), (0, 0)), seed=100 + i)]
+        model.backbone(model.preprocess_image([{"image": im} for im in images]).tensor)
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.momentum = 0.1
+    model.eval()
+
+
 def make_teacher(tmp_dir, arch, seed=0, fpn_channels=32, num_classes=NUM_CLASSES, norm="BN"):
     """Build a tiny teacher with random weights, save its yaml and a .pth checkpoint."""
     torch.manual_seed(seed)
@@ -69,6 +87,8 @@ def make_teacher(tmp_dir, arch, seed=0, fpn_channels=32, num_classes=NUM_CLASSES
     cfg.MODEL.ROI_HEADS.NUM_CLASSES = num_classes
     cfg.MODEL.RETINANET.NUM_CLASSES = num_classes
     model = build_model(cfg)
+    if norm == "BN":
+        calibrate_batchnorm(model)
     cfg_path = save_plain_config(cfg, os.path.join(tmp_dir, "teacher.yaml"))
     DetectionCheckpointer(model, save_dir=str(tmp_dir)).save("teacher")
     return cfg_path, os.path.join(str(tmp_dir), "teacher.pth")

@@ -29,7 +29,7 @@ fi
 echo "[bootstrap] installing detectron2's dependencies and test tools"
 $PIP install -q fvcore iopath pycocotools yacs tabulate termcolor cloudpickle tqdm matplotlib \
   Pillow "omegaconf>=2.1,<2.4" "hydra-core>=1.1" tensorboard black packaging "numpy<2" \
-  "setuptools<81" scipy pytest
+  "setuptools<81" scipy pytest "opencv-python-headless<4.11"
 
 if ! "$VPY" -c "import detectron2" 2>/dev/null; then
   # detectron2 is not on the package index under its own name. sal-detectron2 is a wheel of
