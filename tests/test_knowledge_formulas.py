@@ -41,16 +41,17 @@ def test_box_mask_overlap_takes_largest_weight():
 def test_decoupled_feature_loss_by_hand():
     t = torch.zeros(1, 2, 2, 2)
     s = torch.zeros(1, 2, 2, 2)
-    s[0, :, 0, 0] = 1.0  # error 2 (sum over 2 channels) at the foreground cell
-    s[0, 0, 1, 1] = 3.0  # error 9 at a background cell
+    s[0, :, 0, 0] = 1.0  # error 1 + 1 over the 2 channels of the foreground cell
+    s[0, 0, 1, 1] = 3.0  # error 9 + 0 at a background cell
     mask = torch.zeros(1, 2, 2)
     mask[0, 0, 0] = 0.5
-    # L_fg = 0.5 * 2 / (2 * 0.5) = 1 ; L_bg = 9 / (2 * 3) = 1.5
+    # mask broadcast over C=2 channels: sum M = 1.0, sum(1-[M>0]) = 6
+    # L_fg = 0.5 * (1 + 1) / (2 * 1.0) = 0.5 ; L_bg = 9 / (2 * 6) = 0.75
     loss = decoupled_feature_loss(s, t, mask, gamma_fg=1.0, gamma_bg=4.0)
-    assert loss.item() == pytest.approx(1.0 + 4.0 * 1.5)
+    assert loss.item() == pytest.approx(0.5 + 4.0 * 0.75)
     # No foreground: the fg part is 0 (denominator clamped to 1), no NaN.
     loss = decoupled_feature_loss(s, t, torch.zeros(1, 2, 2), 1.0, 1.0)
-    assert loss.item() == pytest.approx((2 + 9) / 8)
+    assert loss.item() == pytest.approx((2 + 9) / 16)
 
 
 def test_roi_kl_by_hand():

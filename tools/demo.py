@@ -94,6 +94,7 @@ def main():
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     setup_logger(name="fvcore")
+    setup_logger(name="gkd_d2")
     setup_logger()
     logging.getLogger("detectron2").setLevel(logging.INFO)
 

@@ -11,6 +11,8 @@ Every Detectron2 option works (--num-machines, --machine-rank, --dist-url, KEY V
 from detectron2.config import get_cfg
 from detectron2.engine import default_argument_parser, default_setup, launch
 from detectron2.evaluation import verify_results
+from detectron2.utils import comm
+from detectron2.utils.logger import setup_logger
 
 from gkd_d2 import DistillationCheckpointer, DistillTrainer, add_distill_config
 from gkd_d2.data.builtin import register_datasets_from_cfg
@@ -23,6 +25,7 @@ def setup(args):
     cfg.merge_from_list(args.opts)
     cfg.freeze()
     default_setup(cfg, args)
+    setup_logger(output=cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="gkd_d2")
     register_datasets_from_cfg(cfg)
     return cfg
 

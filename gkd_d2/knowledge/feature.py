@@ -1,12 +1,16 @@
 """Local feature knowledge (paper Eq. 7): decoupled foreground/background imitation.
 
 Per FPN level l, an adaptation ``A_l`` (3x3 conv D_S -> D_T + ReLU) maps the student map to the
-teacher's width; with ``E = ||F_T - A_l(F_S)||^2`` per cell (summed over channels) and the
-foreground mask ``M_l`` (largest robust weight of the GT boxes assigned to l covering a cell)::
+teacher's width; with ``E = (F_T - A_l(F_S))^2`` per element and the foreground mask ``M_l``
+(largest robust weight of the GT boxes assigned to l covering a cell) broadcast over the
+channels::
 
     L_fg = sum(M * E) / max(1, 2 sum M)
     L_bg = sum((1 - [M > 0]) * E) / max(1, 2 sum(1 - [M > 0]))
     L_feat = mean_l (gamma_fg L_fg + gamma_bg L_bg)
+
+Both sums run over the broadcast (B, C, H, W) tensors, so the loss is a masked mean squared
+error per element (divided by 2); it is computed as the per-cell mean over channels.
 """
 from typing import Dict
 
@@ -40,7 +44,7 @@ def decoupled_feature_loss(
 
     student (adapted), teacher: (B, D, H, W); fg_mask (B, H, W) with values in [0, 1].
     """
-    err = (teacher - student).pow(2).sum(dim=1)  # (B, H, W)
+    err = (teacher - student).pow(2).mean(dim=1)  # (B, H, W): sum over C / (C * cells)
     bg_mask = (fg_mask <= 0).to(err.dtype)
     fg = (fg_mask * err).sum() / (2 * fg_mask.sum()).clamp(min=1)
     bg = (bg_mask * err).sum() / (2 * bg_mask.sum()).clamp(min=1)

@@ -25,7 +25,7 @@ def weighted_box_mask(
 
     boxes (G, 4) XYXY pixels of the boxes assigned to this level; image_index (G,);
     weights (G,) >= 0. No Python loop over boxes: coverage is (G, H, W) comparisons, reduced
-    per image with ``index_reduce_(amax)``.
+    per image with ``scatter_reduce_(amax)``.
     """
     mask = boxes.new_zeros(num_images, height, width)
     if boxes.shape[0] == 0:
@@ -36,5 +36,7 @@ def weighted_box_mask(
     cover_x = (xs[None] >= x0[:, None]) & (xs[None] < x1[:, None])  # (G, W)
     cover_y = (ys[None] >= y0[:, None]) & (ys[None] < y1[:, None])  # (G, H)
     cover = cover_y[:, :, None] & cover_x[:, None, :]  # (G, H, W)
-    values = cover.to(mask.dtype) * weights.to(mask.dtype)[:, None, None]
-    return mask.index_reduce_(0, image_index, values, "amax", include_self=True)
+    values = (cover.to(mask.dtype) * weights.to(mask.dtype)[:, None, None]).flatten(1)
+    index = image_index[:, None].expand_as(values)
+    mask.view(num_images, -1).scatter_reduce_(0, index, values, "amax", include_self=True)
+    return mask
