@@ -82,5 +82,10 @@ def add_distill_config(cfg):
     _C.DATASETS.SYNTHETIC.ROOT = "datasets/gkd_synth"
     _C.DATASETS.SYNTHETIC.NUM_TRAIN = 256
     _C.DATASETS.SYNTHETIC.NUM_VAL = 64
-    _C.DATASETS.SYNTHETIC.IMAGE_SIZE = 256
+    _C.DATASETS.SYNTHETIC.IMAGE_SIZE = 160
     _C.DATASETS.SYNTHETIC.SEED = 0
+
+    # The comparison methods of the knowledge zoo (Chen, FitNet, FGFI, DeFeat, RKD, KD).
+    from .knowledge.zoo_config import add_knowledge_zoo_config
+
+    add_knowledge_zoo_config(cfg)

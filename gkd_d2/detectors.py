@@ -12,6 +12,7 @@ from detectron2.layers import cat
 from detectron2.modeling import GeneralizedRCNN, RetinaNet
 from detectron2.modeling.roi_heads import CascadeROIHeads, StandardROIHeads
 from detectron2.structures import Boxes, Instances, pairwise_iou
+from torch import nn
 
 
 def detector_type(model, option: str) -> str:
@@ -92,6 +93,25 @@ def rcnn_teacher_on_rois(teacher, features, box_lists: List[Boxes]):
         box_head, predictor = heads.box_head, heads.box_predictor
     scores, deltas = predictor(box_head(pooled))
     return pooled, scores, deltas
+
+
+def box_coder(model):
+    """The Box2BoxTransform of the (last) box predictor of an R-CNN."""
+    predictor = model.roi_heads.box_predictor
+    return (predictor[-1] if isinstance(predictor, nn.ModuleList) else predictor).box2box_transform
+
+
+def reencode_deltas(deltas, proposals, src, dst):
+    """Deltas (R, 4k) of box coder ``src`` re-expressed in coder ``dst``'s encoding (same boxes).
+
+    A cascade's last stage, for instance, uses other BBOX_REG_WEIGHTS than a Faster R-CNN.
+    """
+    if tuple(src.weights) == tuple(dst.weights) and src.scale_clamp == dst.scale_clamp:
+        return deltas
+    k = deltas.shape[1] // 4
+    boxes = src.apply_deltas(deltas, proposals)  # (R, 4k)
+    encoded = dst.get_deltas(proposals.repeat_interleave(k, dim=0), boxes.reshape(-1, 4))
+    return encoded.reshape(-1, 4 * k)
 
 
 # ----------------------------------------------------------------------------- RetinaNet

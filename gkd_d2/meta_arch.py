@@ -18,11 +18,13 @@ from torch import nn
 
 from .config import SUPPORTED_STUDENTS
 from .detectors import (
+    box_coder,
     detector_type,
     instance_levels,
     num_classes,
     rcnn_student_forward,
     rcnn_teacher_on_rois,
+    reencode_deltas,
     retinanet_student_forward,
     retinanet_teacher_logits,
 )
@@ -276,6 +278,8 @@ class DistillationDetector(nn.Module):
         with torch.no_grad():
             t_pooled, t_scores, t_deltas = rcnn_teacher_on_rois(self.teacher, t_feats, box_lists)
         s_scores, s_deltas = cap["predictions"]
+        proposal_boxes = torch.cat([b.tensor for b in box_lists])
+        t_deltas = reencode_deltas(t_deltas, proposal_boxes, box_coder(self.teacher), box_coder(self.student))
         rois = RoIResponse(
             student_logits=s_scores,
             teacher_logits=t_scores,
@@ -286,7 +290,7 @@ class DistillationDetector(nn.Module):
             gt_boxes=torch.cat(
                 [(p.gt_boxes if p.has("gt_boxes") else p.proposal_boxes).tensor for p in sampled]
             ),
-            proposal_boxes=torch.cat([b.tensor for b in box_lists]),
+            proposal_boxes=proposal_boxes,
             levels=GroundTruth.levels_of(box_lists, self._min_level, self._max_level),
             student_feats=_mean_pool(cap["pooled"]),
             teacher_feats=_mean_pool(t_pooled),

@@ -56,7 +56,7 @@ class RoIResponse:
     """Faster R-CNN: the RoIs the student's ROI head sampled for its loss, seen by both models.
 
     student_logits / teacher_logits (R, C+1); student_deltas / teacher_deltas (R, 4C) or
-    (R, 4) for class-agnostic regression; gt_classes (R,) in [0, C], C = background;
+    (R, 4) for class-agnostic regression, both in the student's box encoding; gt_classes (R,) in [0, C], C = background;
     gt_boxes (R, 4) matched GT box; proposal_boxes (R, 4); levels (R,) instance-level index;
     student_feats (R, D_S) / teacher_feats (R, D_T): the box pooler's 7x7 ROIAlign output
     averaged over space (raw FPN features, before any adaptation).

@@ -55,11 +55,11 @@ def load_cfg(path, opts):
 
 
 def schedule(iters):
-    """Step the learning rate down at 75% and 92% of the run, warm up over 10%."""
+    """Step the learning rate down at 75% and 92% of the run, warm up over at most 20%."""
     return [
         "SOLVER.MAX_ITER", str(iters),
         "SOLVER.STEPS", f"({int(iters * 0.75)}, {int(iters * 0.92)})",
-        "SOLVER.WARMUP_ITERS", str(max(1, iters // 10)),
+        "SOLVER.WARMUP_ITERS", str(min(100, max(1, iters // 5))),
     ]
 
 
@@ -84,8 +84,8 @@ def evaluate(cfg):
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--detector", choices=sorted(CONFIGS), default="faster_rcnn")
-    parser.add_argument("--iters", type=int, default=300, help="student and distillation iterations")
-    parser.add_argument("--teacher-iters", type=int, default=600)
+    parser.add_argument("--iters", type=int, default=200, help="student and distillation iterations")
+    parser.add_argument("--teacher-iters", type=int, default=300)
     parser.add_argument("--num-train", type=int, default=256, help="synthetic training images")
     parser.add_argument("--num-val", type=int, default=64, help="synthetic validation images")
     parser.add_argument("--output", default="output/demo")

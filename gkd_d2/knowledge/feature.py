@@ -21,10 +21,10 @@ from .base import KnowledgeTerm, check_weight, register_knowledge
 from .masks import weighted_box_mask
 
 
-def build_adapters(spec, kernel_size: int, relu: bool) -> nn.ModuleDict:
-    """One conv per imitated level, student width -> teacher width (MSRA init)."""
+def build_adapters(spec, kernel_size: int, relu: bool, levels=None) -> nn.ModuleDict:
+    """One conv per level (default: every imitated level), student width -> teacher width."""
     adapters = nn.ModuleDict()
-    for name in spec.feature_levels:
+    for name in spec.feature_levels if levels is None else levels:
         conv = nn.Conv2d(
             spec.student_shapes[name].channels,
             spec.teacher_shapes[name].channels,

@@ -1,0 +1,30 @@
+"""Vanilla KD (Hinton et al. 2015) on the RoI class logits of Faster R-CNN.
+
+``L_kd = mean_i omega_i T^2 KL(softmax(z_T,i / T) || softmax(z_S,i / T))`` over the RoIs the
+student sampled; omega = 1, or the robust weights of Eq. 8 with prototypes ("KD +prototypes",
+Table 4 of the paper; ``DISTILL.ROBUST_WEIGHTS``).
+"""
+import torch
+
+from .base import KnowledgeTerm, check_weight, register_knowledge
+from .response import roi_kl
+
+
+@register_knowledge("kd")
+class VanillaKD(KnowledgeTerm):
+    needs_response = True
+    students = ("rcnn",)
+    teachers = ("rcnn", "cascade")
+
+    def __init__(self, cfg, spec):
+        super().__init__()
+        self.weight = check_weight(cfg.DISTILL.KD.WEIGHT, "DISTILL.KD.WEIGHT")
+        self.temperature = float(cfg.DISTILL.KD.TEMPERATURE)
+        if not self.temperature > 0:
+            raise ValueError(f"DISTILL.KD.TEMPERATURE={self.temperature} must be > 0.")
+        self.use_robust_weights = bool(cfg.DISTILL.ROBUST_WEIGHTS)
+
+    def forward(self, batch, prototypes=None):
+        r = batch.rois
+        w = r.weights if self.use_robust_weights else torch.ones_like(r.weights)
+        return {"loss_kd_kd": self.weight * roi_kl(r.student_logits, r.teacher_logits, w, self.temperature)}
