@@ -1,0 +1,174 @@
+#!/usr/bin/env python
+"""What distillation costs: step time per knowledge term, memory, inference speed, size.
+
+    python benchmarks/bench_cost.py [--device cuda] [--iters 10]
+
+In one run, on the demo configurations (teacher ResNet-34 FPN-128, student ResNet-18 FPN-64,
+160 px synthetic images, batch 4; random weights: timing does not depend on them):
+
+- ``student``: the student's own training step (forward + backward + SGD step);
+- ``teacher_fwd``: one teacher backbone forward (what the wrapper adds at least);
+- ``wrapper[<terms>]``: the distillation step with those knowledge terms;
+- ``kd_overhead``: wrapper - student - teacher_fwd, as a fraction of the student step (target:
+  at most 10% for the paper's terms);
+- peak memory of a step with and without distillation (CUDA only), inference time per image
+  and parameter counts of teacher and student.
+
+Steps are timed interleaved (round robin) and the median is reported. Results go to
+``benchmarks/results/speed_<device>.json`` (issue 5's speed.json is this file for the CPU run).
+"""
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+
+import torch
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.modeling import build_model
+from detectron2.utils.events import EventStorage
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests"))
+from common import RESULTS, load_cfg, machine  # noqa: E402
+from helpers import make_batch  # noqa: E402
+
+DEMO = {
+    "faster_rcnn": ("configs/Demo/teacher_faster_rcnn_R34_FPN.yaml", "configs/Demo/student_faster_rcnn_R18_FPN.yaml", "configs/Demo/gkd_faster_rcnn_R34_to_R18_FPN.yaml"),
+    "retinanet": ("configs/Demo/teacher_retinanet_R34_FPN.yaml", "configs/Demo/student_retinanet_R18_FPN.yaml", "configs/Demo/gkd_retinanet_R34_to_R18_FPN.yaml"),
+}
+TERMS = {
+    "faster_rcnn": [["feature", "response", "global"], ["feature"], ["response"], ["global"], ["chen_cls", "chen_reg", "chen_hint"], ["fitnet"], ["fgfi"], ["defeat"], ["rkd"], ["kd"]],
+    "retinanet": [["feature", "response", "global"], ["feature"], ["response"], ["global"], ["chen_hint"], ["fitnet"], ["fgfi"], ["defeat"], ["rkd"]],
+}
+
+
+def sync(device):
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def batch_on(size=160):
+    return make_batch(((6, 0), (4, 1), (5, 2), (3, 0)), size=size, seed=1)
+
+
+def step_fn(model, device):
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-9)
+    data = batch_on()
+
+    def step():
+        with EventStorage(0):
+            losses = model(data)
+        loss = sum(losses.values())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+    return step
+
+
+def fill_prototypes(model, device):
+    """Random prototypes in every slot so the global term and robust weights do real work."""
+    bank = model.prototypes
+    if bank is not None:
+        with torch.no_grad():
+            bank.teacher.normal_()
+            bank.student.normal_()
+            bank.valid.fill_(True)
+            bank.last_refresh_iter.fill_(0)
+
+
+def timed(fns, iters, device):
+    times = {k: [] for k in fns}
+    for _ in range(2):  # warm-up
+        for f in fns.values():
+            f()
+    for _ in range(iters):
+        for k, f in fns.items():
+            sync(device)
+            t = time.perf_counter()
+            f()
+            sync(device)
+            times[k].append(time.perf_counter() - t)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def peak_memory(fn, device):
+    if not device.startswith("cuda"):
+        return None
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats()
+    fn()
+    sync(device)
+    return torch.cuda.max_memory_allocated() / 2**20
+
+
+def bench(detector, device, iters):
+    teacher_yaml, student_yaml, gkd_yaml = DEMO[detector]
+    tmp = tempfile.mkdtemp()
+    tcfg = load_cfg(teacher_yaml, ["MODEL.DEVICE", device])
+    DetectionCheckpointer(build_model(tcfg), save_dir=tmp).save("teacher")
+    student = build_model(load_cfg(student_yaml, ["MODEL.DEVICE", device])).train()
+    fns = {"student": step_fn(student, device)}
+    wrappers = {}
+    for terms in TERMS[detector]:
+        name = "+".join(terms)
+        cfg = load_cfg(gkd_yaml, ["MODEL.DEVICE", device, "DISTILL.TEACHER.WEIGHTS", os.path.join(tmp, "teacher.pth")])
+        cfg.DISTILL.KNOWLEDGE = terms
+        model = build_model(cfg).train()
+        model.student.load_state_dict(student.state_dict())
+        fill_prototypes(model, device)
+        wrappers[name] = model
+        fns[f"wrapper[{name}]"] = step_fn(model, device)
+    any_wrapper = next(iter(wrappers.values()))
+    data = batch_on()
+    fns["teacher_fwd"] = lambda: any_wrapper.teacher_features(data)
+    times = timed(fns, iters, device)
+    full = "feature+response+global"
+    result = {
+        "student_step_s": times["student"],
+        "teacher_fwd_s": times["teacher_fwd"],
+        "wrapper_step_s": {k[8:-1]: v for k, v in times.items() if k.startswith("wrapper[")},
+    }
+    result["kd_overhead_vs_student_step"] = {
+        k: (v - times["student"] - times["teacher_fwd"]) / times["student"]
+        for k, v in result["wrapper_step_s"].items()
+    }
+    result["peak_memory_MiB"] = {
+        "student_step": peak_memory(fns["student"], device),
+        "distillation_step": peak_memory(fns[f"wrapper[{full}]"], device),
+    }
+    eval_batch = [{"image": x["image"], "height": 160, "width": 160} for x in data]
+    teacher = any_wrapper.teacher
+    student.eval()
+    with torch.no_grad():
+        inf = timed({"teacher": lambda: teacher(eval_batch), "student": lambda: student(eval_batch)}, iters, device)
+    result["inference_s_per_image"] = {k: v / len(eval_batch) for k, v in inf.items()}
+    result["params_M"] = {
+        "teacher": sum(p.numel() for p in teacher.parameters()) / 1e6,
+        "student": sum(p.numel() for p in student.parameters()) / 1e6,
+    }
+    return result
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--iters", type=int, default=10)
+    parser.add_argument("--detectors", nargs="+", default=sorted(DEMO))
+    args = parser.parse_args()
+    out = {**machine(args.device), "batch": "4 images, 160 px, 3-6 GT boxes each", "iters": args.iters}
+    for d in args.detectors:
+        out[d] = bench(d, args.device, args.iters)
+        print(d, json.dumps(out[d], indent=1), flush=True)
+    os.makedirs(RESULTS, exist_ok=True)
+    path = os.path.join(RESULTS, f"speed_{args.device.split(':')[0]}.json")
+    with open(path, "w") as f:
+        json.dump(out, f, indent=2)
+    print("wrote", path)
+
+
+if __name__ == "__main__":
+    main()
