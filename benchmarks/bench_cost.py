@@ -11,7 +11,7 @@ In one run, on the demo configurations (teacher ResNet-34 FPN-128, student ResNe
 - ``wrapper[<terms>]``: the distillation step with those knowledge terms;
 - ``kd_overhead``: wrapper - student - teacher_fwd, as a fraction of the student step (target:
   at most 10% for the paper's terms);
-- peak memory of a step with and without distillation (CUDA only), inference time per image
+- peak memory of a step with and without distillation above the resident weights (CUDA only), inference time per image
   and parameter counts of teacher and student.
 
 Steps are timed interleaved (round robin) and the median is reported. Results go to
@@ -99,10 +99,12 @@ def peak_memory(fn, device):
     if not device.startswith("cuda"):
         return None
     torch.cuda.empty_cache()
+    sync(device)
+    resident = torch.cuda.memory_allocated()  # every model built by this script
     torch.cuda.reset_peak_memory_stats()
     fn()
     sync(device)
-    return torch.cuda.max_memory_allocated() / 2**20
+    return (torch.cuda.max_memory_allocated() - resident) / 2**20
 
 
 def bench(detector, device, iters):
