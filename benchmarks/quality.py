@@ -1,0 +1,142 @@
+#!/usr/bin/env python
+"""CPU/GPU-scale replica of the paper's comparison (Tables 1, 2, 4): AP of each method.
+
+    python benchmarks/quality.py --detector faster_rcnn --device cuda --seeds 0 1 \
+        --methods student gkd feature response global defeat kd fitnet fgfi rkd chen
+
+Data: the synthetic "ambiguous instances" COCO dataset (``--num-train`` images of
+``--image-size`` px, 64... validation images). Models: the demo's teacher (ResNet-34 FPN-128)
+trained once from scratch, and the demo's student (ResNet-18 FPN-64) trained from scratch for
+every row and seed with the same schedule. Each row appends a record
+``{detector, method, seed, AP, AP50, AP75, APs, APm, APl, device, ...}`` to
+``benchmarks/results/quality.json`` (replacing an older record of the same row).
+"""
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+
+import torch
+from detectron2.utils.env import seed_all_rng
+from detectron2.utils.logger import setup_logger
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import RESULTS, load_cfg, machine  # noqa: E402
+
+from gkd_d2 import DistillationCheckpointer, DistillTrainer  # noqa: E402
+from gkd_d2.data.builtin import register_datasets_from_cfg  # noqa: E402
+
+CONFIGS = {
+    "faster_rcnn": ("configs/Demo/teacher_faster_rcnn_R34_FPN.yaml", "configs/Demo/student_faster_rcnn_R18_FPN.yaml", "configs/Demo/gkd_faster_rcnn_R34_to_R18_FPN.yaml"),
+    "retinanet": ("configs/Demo/teacher_retinanet_R34_FPN.yaml", "configs/Demo/student_retinanet_R18_FPN.yaml", "configs/Demo/gkd_retinanet_R34_to_R18_FPN.yaml"),
+}
+# method name -> (DISTILL.KNOWLEDGE, prototypes on)
+METHODS = {
+    "gkd": (["feature", "response", "global"], True),
+    "feature": (["feature"], False),
+    "response": (["response"], False),
+    "global": (["global"], True),
+    "feature+global": (["feature", "global"], True),
+    "response+global": (["response", "global"], True),
+    "feature+response": (["feature", "response"], False),
+    "chen": (["chen_cls", "chen_reg", "chen_hint"], False),
+    "fitnet": (["fitnet"], False),
+    "fgfi": (["fgfi"], False),
+    "defeat": (["defeat"], False),
+    "defeat+prototypes": (["defeat"], True),
+    "rkd": (["rkd"], False),
+    "kd": (["kd"], False),
+    "kd+prototypes": (["kd"], True),
+}
+METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
+
+
+def schedule(iters, ims, lr):
+    return [
+        "SOLVER.MAX_ITER", str(iters), "SOLVER.IMS_PER_BATCH", str(ims), "SOLVER.BASE_LR", str(lr),
+        "SOLVER.STEPS", f"({int(iters * 0.75)}, {int(iters * 0.92)})",
+        "SOLVER.WARMUP_ITERS", str(min(200, iters // 10)),
+    ]
+
+
+def train_eval(cfg):
+    trainer = DistillTrainer(cfg)
+    trainer.resume_or_load(resume=False)
+    start = time.perf_counter()
+    trainer.train()
+    seconds = time.perf_counter() - start
+    model = trainer.model.module if hasattr(trainer.model, "module") else trainer.model
+    bbox = DistillTrainer.test(cfg, model)["bbox"]
+    return {k: float(bbox[k]) for k in METRICS}, seconds
+
+
+def save(record, path):
+    records = json.load(open(path)) if os.path.isfile(path) else []
+    key = lambda r: (r["detector"], r["method"], r["seed"], r["device"])  # noqa: E731
+    records = [r for r in records if key(r) != key(record)] + [record]
+    with open(path, "w") as f:
+        json.dump(records, f, indent=1)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--detector", choices=sorted(CONFIGS), default="faster_rcnn")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    p.add_argument("--methods", nargs="+", default=["student", "gkd"])
+    p.add_argument("--teacher-iters", type=int, default=3000)
+    p.add_argument("--iters", type=int, default=2000)
+    p.add_argument("--ims-per-batch", type=int, default=8)
+    p.add_argument("--lr", type=float, default=0.02)
+    p.add_argument("--num-train", type=int, default=2000)
+    p.add_argument("--num-val", type=int, default=300)
+    p.add_argument("--image-size", type=int, default=160)
+    p.add_argument("--output", default="output/quality")
+    args = p.parse_args()
+    setup_logger()
+    setup_logger(name="gkd_d2")
+    logging.getLogger("detectron2").setLevel(logging.WARNING)
+    teacher_yaml, student_yaml, gkd_yaml = CONFIGS[args.detector]
+    out = os.path.join(args.output, args.detector)
+    common = [
+        "MODEL.DEVICE", args.device, "DATALOADER.NUM_WORKERS", "4",
+        "DATASETS.SYNTHETIC.ROOT", os.path.join(args.output, "data"),
+        "DATASETS.SYNTHETIC.NUM_TRAIN", str(args.num_train), "DATASETS.SYNTHETIC.NUM_VAL", str(args.num_val),
+        "DATASETS.SYNTHETIC.IMAGE_SIZE", str(args.image_size),
+    ]
+    path = os.path.join(RESULTS, "quality.json")
+    os.makedirs(RESULTS, exist_ok=True)
+    info = machine(args.device)
+    base = {"detector": args.detector, "device": info["hardware"], "date": info["date"],
+            "train_images": args.num_train, "val_images": args.num_val, "image_size": args.image_size}
+
+    teacher_dir = os.path.join(out, "teacher")
+    teacher_w = os.path.join(teacher_dir, "model_final.pth")
+    cfg = load_cfg(teacher_yaml, common + schedule(args.teacher_iters, args.ims_per_batch, args.lr) + ["OUTPUT_DIR", teacher_dir])
+    register_datasets_from_cfg(cfg)
+    if "teacher" in args.methods or not os.path.isfile(teacher_w):
+        seed_all_rng(0)
+        ap, sec = train_eval(cfg)
+        save({**base, "method": "teacher", "seed": 0, "iters": args.teacher_iters, "train_s": sec, **ap}, path)
+        print("teacher", ap, f"{sec:.0f}s", flush=True)
+    for seed in args.seeds:
+        for method in [m for m in args.methods if m != "teacher"]:
+            run_dir = os.path.join(out, f"{method}_s{seed}")
+            opts = common + schedule(args.iters, args.ims_per_batch, args.lr) + ["OUTPUT_DIR", run_dir, "SEED", str(seed)]
+            if method == "student":
+                cfg = load_cfg(student_yaml, opts)
+            else:
+                knowledge, pgm = METHODS[method]
+                cfg = load_cfg(gkd_yaml, opts + ["DISTILL.TEACHER.WEIGHTS", teacher_w, "DISTILL.PGM.ENABLED", str(pgm)])
+                cfg.DISTILL.KNOWLEDGE = knowledge
+            seed_all_rng(seed)
+            ap, sec = train_eval(cfg)
+            save({**base, "method": method, "seed": seed, "iters": args.iters, "train_s": sec, **ap}, path)
+            print(method, seed, ap, f"{sec:.0f}s", flush=True)
+
+
+if __name__ == "__main__":
+    torch.backends.cudnn.benchmark = True
+    main()
