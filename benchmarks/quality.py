@@ -97,7 +97,7 @@ def main():
     args = p.parse_args()
     setup_logger()
     setup_logger(name="gkd_d2")
-    logging.getLogger("detectron2").setLevel(logging.WARNING)
+    logging.getLogger("detectron2").setLevel(logging.INFO)
     teacher_yaml, student_yaml, gkd_yaml = CONFIGS[args.detector]
     out = os.path.join(args.output, args.detector)
     common = [

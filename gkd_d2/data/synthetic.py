@@ -1,147 +1,286 @@
 """A synthetic but hard detection dataset, written as real COCO json + PNG images.
 
-Five shape classes (``SYNTHETIC_CLASSES``) drawn on cluttered backgrounds (gradients, noise,
-distractor lines and blobs that are not objects), with the "ambiguous instances" the paper
-is about:
+The global-knowledge distillation demo is about *ambiguous instances* -- small, occluded,
+blurred and truncated objects on which a teacher's local knowledge is noisy -- so this
+generator makes plenty of them, on purpose, while keeping every object recognisable in
+principle (ground truth is exact; nothing is drawn that is not annotated unless it is at most
+``min_visible`` visible).
 
-- **small**: sizes are log-uniform from ``min_size`` px to 45% of the image side;
-- **occluded**: objects are painted in z-order, later ones cover earlier ones; the box stays the
-  amodal box, and an annotation whose visible fraction falls below ``min_visible`` is dropped;
-- **blurred**: a fraction ``blur_prob`` of objects is Gaussian-blurred;
-- **truncated**: objects may cross the image border; the box is clipped to the image and an
-  annotation keeping less than 30% of its area inside is dropped;
-- texture (solid, striped, noisy) and colour are random and independent of the class.
+Classes (``SYNTHETIC_CLASSES``)::
 
-Each annotation carries ``visible_fraction`` (float), ``blurred`` and ``truncated`` (bool) so
-benchmarks can find the ambiguous instances; :func:`register_synthetic_dataset` keeps them in
-Detectron2's dataset dicts (``extra_annotation_keys``). Everything is deterministic by seed:
-the same arguments give byte-identical json and PNG files.
+    disc, ring, square, striped_square, triangle
+
+They differ by shape *and* by texture: ``ring`` is a ``disc`` with a hole, and
+``striped_square`` is a ``square`` with a two-colour grating (period 3-9 px); the other
+classes are never striped (flat, shaded or mottled). When an instance is small or blurred, the
+hole and the stripes wash out, so ring/disc and striped/plain square become genuinely
+ambiguous -- local evidence alone cannot settle them. Colour is random and independent of the
+class; squares, striped squares and triangles are rotated.
+
+Each image (``image_size``: int or ``(h, w)``):
+
+- **background clutter**: a two-colour linear gradient, low-frequency "clouds", soft blobs,
+  anti-aliased distractor lines and short arcs, hard-edged elongated ellipses, sometimes a
+  faint striped band, and pixel noise -- none of them objects;
+- **objects**: ``1..max_objects`` of them, classes uniform, size (the shape's diameter)
+  log-uniform from ``min_size`` px to ``max_size_frac`` of the shorter image side, so many
+  are small (at 256 px about a third have a box shorter side < 20 px);
+- **occlusion**: objects are painted in z-order and later ones cover earlier ones; a fraction
+  ``cluster_prob`` is placed next to an earlier object to make overlaps frequent. The box stays
+  the full *amodal* box; an annotation whose ``visible_fraction`` falls below ``min_visible``
+  is dropped;
+- **blur**: a fraction ``blur_prob`` of the objects is Gaussian-blurred (sigma 4-12% of the
+  object's size, clipped to 0.8-5 px; the object is blurred over the sharp background, not
+  the background with it);
+- **truncation**: centres may lie up to ``0.6`` radius outside the image; the box is clipped to
+  the image, and an object keeping less than ``min_inside`` of its area inside is dropped.
+
+Annotations are COCO boxes ``[x, y, w, h]`` (pixel-edge coordinates, ``iscrowd = 0``,
+``area`` = the object's visible pixel count) with three extra fields that benchmarks use to
+find the ambiguous instances:
+
+- ``visible_fraction`` (float): unoccluded share of the object's pixels *inside the image*
+  (occlusion only; truncation is reported by ``truncated``);
+- ``blurred`` (bool);
+- ``truncated`` (bool): the object extends beyond the image border (its box was clipped).
+
+Everything is deterministic by ``seed``: image ``i`` draws from
+``numpy.random.Generator(PCG64([seed, i]))`` (so the first images of a larger set are those of
+a smaller one) and PNGs are written with fixed encoder settings, so the same arguments give a
+byte-identical json and identical PNG files.
+
+:func:`register_synthetic_dataset` generates the files once (a ``params.json`` stamp beside
+the annotations records the parameters and ``GENERATOR_VERSION``) and registers the dataset in
+Detectron2 the way ``register_coco_instances`` does, except that it passes
+``extra_annotation_keys=EXTRA_ANNOTATION_KEYS`` to ``load_coco_json`` so the three extra
+fields survive into the dataset dicts (``register_coco_instances`` would drop them).
 """
+import inspect
 import json
 import os
 import shutil
 import tempfile
 
 import numpy as np
-from PIL import Image, ImageFilter
+from PIL import Image, ImageDraw
+from scipy import ndimage
 
-SYNTHETIC_CLASSES = ("disc", "square", "triangle", "ring", "cross")
-EXTRA_KEYS = ["visible_fraction", "blurred", "truncated"]
+__all__ = [
+    "EXTRA_ANNOTATION_KEYS",
+    "GENERATOR_VERSION",
+    "SYNTHETIC_CLASSES",
+    "generate_synthetic_coco",
+    "register_synthetic_dataset",
+]
+
+SYNTHETIC_CLASSES = ("disc", "ring", "square", "striped_square", "triangle")
+#: per-annotation fields kept in Detectron2's dataset dicts by ``register_synthetic_dataset``
+EXTRA_ANNOTATION_KEYS = ("visible_fraction", "blurred", "truncated")
+#: bump when the generator's output changes, so stale generated folders are regenerated
+GENERATOR_VERSION = 2
+
+_DISC, _RING, _SQUARE, _STRIPED, _TRIANGLE = range(5)
+_ROTATED = (_SQUARE, _STRIPED, _TRIANGLE)
+_SQRT3 = float(np.sqrt(3.0))
+_SS = 2  # supersampling factor per axis for anti-aliased shape edges and stripes
+_STAMP_FILES = {"images", "annotations.json", "params.json"}
 
 
-def _shape_mask(cls: int, u: np.ndarray, v: np.ndarray) -> np.ndarray:
-    """Inside test of class ``cls`` in rotated unit coordinates (object radius 1)."""
-    r2 = u * u + v * v
-    au, av = np.abs(u), np.abs(v)
-    if cls == 0:  # disc
-        return r2 <= 1.0
-    if cls == 1:  # square
-        return (au <= 0.8) & (av <= 0.8)
-    if cls == 2:  # triangle, apex up
-        return (v <= 0.7) & (au <= (v + 0.95) * 0.55)
-    if cls == 3:  # ring
-        return (r2 <= 1.0) & (r2 >= 0.5**2)
-    return ((au <= 0.28) & (av <= 0.95)) | ((av <= 0.28) & (au <= 0.95))  # cross
+# --------------------------------------------------------------------------------------------
+# rendering
+# --------------------------------------------------------------------------------------------
+def _shape_mask(cls, u, v, hole):
+    """Inside test of class ``cls`` at rotated unit coordinates (shape radius 1)."""
+    if cls in (_DISC, _RING):
+        r2 = u * u + v * v
+        return (r2 <= 1.0) & (r2 >= hole * hole) if cls == _RING else r2 <= 1.0
+    if cls in (_SQUARE, _STRIPED):
+        return (np.abs(u) <= 0.75) & (np.abs(v) <= 0.75)
+    # equilateral triangle inscribed in the unit circle, centroid at the origin
+    return (v >= -0.5) & (np.abs(u) * _SQRT3 <= 1.0 - v)
 
 
-def _texture(rng, h, w):
-    """Per-pixel colour (h, w, 3) of an object: solid, striped or noisy."""
-    base = rng.uniform(0, 255, size=3)
-    kind = rng.integers(3)
-    if kind == 0:
-        return np.broadcast_to(base, (h, w, 3)).copy()
-    if kind == 1:
-        other = rng.uniform(0, 255, size=3)
-        period = rng.uniform(3, 8)
+def _coarse_noise(rng, h, w, cells):
+    """Smooth noise in [-1, 1]: a ``cells``-wide random grid, bilinearly upsampled."""
+    gh, gw = max(2, int(round(cells * h / max(h, w)))), max(2, int(round(cells * w / max(h, w))))
+    grid = rng.uniform(-1, 1, size=(gh, gw))
+    return ndimage.zoom(grid, (h / gh, w / gw), order=1, mode="nearest", grid_mode=True)[:h, :w]
+
+
+def _distinct_colour(rng, ref, min_dist):
+    """A random RGB colour at least ``min_dist`` away from ``ref`` (best of a few tries)."""
+    best, best_d = None, -1.0
+    for _ in range(6):
+        c = rng.uniform(0, 255, size=3)
+        d = float(np.linalg.norm(c - ref))
+        if d >= min_dist:
+            return c
+        if d > best_d:
+            best, best_d = c, d
+    return best
+
+
+def _texture(rng, cls, u, v, size, base):
+    """Colour (..., 3) of an object at its rotated unit coordinates ``u``, ``v``."""
+    shape = u.shape + (3,)
+    if cls == _STRIPED:
+        other = _distinct_colour(rng, base, 70.0)
+        period = rng.uniform(3.0, float(np.clip(size / 3.0, 3.5, 9.0))) / (size / 2.0)  # unit coords
         angle = rng.uniform(0, np.pi)
-        yy, xx = np.mgrid[0:h, 0:w]
-        stripes = (np.sin((xx * np.cos(angle) + yy * np.sin(angle)) * 2 * np.pi / period) > 0)
+        phase = rng.uniform(0, 1)
+        t = (u * np.cos(angle) + v * np.sin(angle)) / period + phase
+        stripes = (t - np.floor(t)) < 0.5
         return np.where(stripes[..., None], base, other)
-    return np.clip(base + rng.normal(0, 35, size=(h, w, 3)), 0, 255)
+    kind = rng.integers(3)
+    if kind == 0:  # flat, faint grain
+        return np.broadcast_to(base, shape) + rng.normal(0, rng.uniform(2, 8), size=shape)
+    if kind == 1:  # linear shading across the object
+        a = rng.uniform(0, 2 * np.pi)
+        return base + (u * np.cos(a) + v * np.sin(a))[..., None] * rng.uniform(15, 45)
+    # mottled: smooth low-frequency colour variation (no stripes)
+    n = _coarse_noise(rng, u.shape[0], u.shape[1], 4)
+    return base + n[..., None] * rng.uniform(15, 35) * rng.choice([-1.0, 1.0], size=3)
+
+
+def _window(cx, cy, r, h, w):
+    """Integer window (y0, y1, x0, x1) of radius ``r`` around (cx, cy), clipped to the image."""
+    return (max(int(cy - r), 0), min(int(cy + r) + 2, h), max(int(cx - r), 0), min(int(cx + r) + 2, w))
 
 
 def _background(rng, h, w):
-    yy, xx = np.mgrid[0:h, 0:w] / max(h, w)
-    c0, c1, c2 = rng.uniform(0, 255, size=(3, 3))
-    img = c0 + (c1 - c0) * xx[..., None] + (c2 - c0) * yy[..., None]
-    img = img + rng.normal(0, rng.uniform(5, 25), size=(h, w, 3))
-    for _ in range(rng.integers(2, 7)):  # distractor lines
-        x0, x1 = rng.uniform(0, w, 2)
-        y0, y1 = rng.uniform(0, h, 2)
-        t = np.linspace(0, 1, 2 * max(h, w))
-        xs = np.clip((x0 + (x1 - x0) * t).astype(int), 0, w - 1)
-        ys = np.clip((y0 + (y1 - y0) * t).astype(int), 0, h - 1)
-        img[ys, xs] = rng.uniform(0, 255, 3)
-    for _ in range(rng.integers(0, 4)):  # soft blobs (not objects)
-        cx, cy, s = rng.uniform(0, w), rng.uniform(0, h), rng.uniform(4, 0.15 * max(h, w))
-        blob = np.exp(-(((xx * max(h, w) - cx) ** 2 + (yy * max(h, w) - cy) ** 2) / (2 * s * s)))
-        img += blob[..., None] * rng.uniform(-80, 80, 3)
-    return img
+    s = max(h, w)
+    c0, c1, c2 = rng.uniform(20, 235, size=(3, 3)).astype(np.float32)
+    gx = (np.arange(w, dtype=np.float32) / s)[None, :, None]
+    gy = (np.arange(h, dtype=np.float32) / s)[:, None, None]
+    img = c0 + (c1 - c0) * gx + (c2 - c0) * gy
+    clouds = _coarse_noise(rng, h, w, rng.integers(3, 8)).astype(np.float32)
+    img += clouds[..., None] * rng.uniform(10, 35, size=3).astype(np.float32)
+    for _ in range(rng.integers(0, 4)):  # soft blobs
+        cx, cy, sd = rng.uniform(0, w), rng.uniform(0, h), rng.uniform(3, 0.12 * s)
+        tint = rng.uniform(-70, 70, size=3)
+        y0, y1, x0, x1 = _window(cx, cy, 3 * sd, h, w)
+        if y0 < y1 and x0 < x1:
+            yy, xx = np.ogrid[y0:y1, x0:x1]
+            blob = np.exp(-((xx - cx) ** 2 + (yy - cy) ** 2) / (2 * sd * sd))
+            img[y0:y1, x0:x1] += (blob[..., None] * tint).astype(np.float32)
+    if rng.random() < 0.3:  # faint striped band: stripes alone do not make a striped_square
+        a, period = rng.uniform(0, np.pi), rng.uniform(3, 9)
+        off, half, tint = rng.uniform(0, s), rng.uniform(4, 0.12 * s), rng.uniform(-45, 45, size=3)
+        yy, xx = np.ogrid[0:h, 0:w]
+        t = (xx * np.cos(a) + yy * np.sin(a)) / period
+        d = -xx * np.sin(a) + yy * np.cos(a) - off + s / 2
+        band = (np.abs(d) < half) & (t % 1.0 < 0.5)
+        img[band] += tint.astype(np.float32)
+    for _ in range(rng.integers(0, 3)):  # hard-edged elongated ellipses (never disc-like)
+        cx, cy = rng.uniform(0, w), rng.uniform(0, h)
+        ra = rng.uniform(6, 0.2 * s)
+        rb = ra / rng.uniform(3, 8)
+        a = rng.uniform(0, np.pi)
+        colour = rng.uniform(0, 255, size=3).astype(np.float32)
+        y0, y1, x0, x1 = _window(cx, cy, ra, h, w)
+        if y0 < y1 and x0 < x1:
+            yy, xx = np.ogrid[y0:y1, x0:x1]
+            du, dv = xx - cx, yy - cy
+            e = ((du * np.cos(a) + dv * np.sin(a)) / ra) ** 2 + ((-du * np.sin(a) + dv * np.cos(a)) / rb) ** 2
+            img[y0:y1, x0:x1][e <= 1] = colour
+    # anti-aliased lines and short arcs, drawn at 2x and downsampled
+    canvas = Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).resize((2 * w, 2 * h), Image.NEAREST)
+    draw = ImageDraw.Draw(canvas)
+    for _ in range(rng.integers(2, 8)):
+        x0, x1 = rng.uniform(-0.1 * w, 1.1 * w, size=2) * 2
+        y0, y1 = rng.uniform(-0.1 * h, 1.1 * h, size=2) * 2
+        colour = tuple(int(c) for c in rng.integers(0, 256, size=3))
+        draw.line([(x0, y0), (x1, y1)], fill=colour, width=int(rng.integers(1, 6)))
+    for _ in range(rng.integers(0, 3)):  # arcs of at most 150 degrees: never a full ring
+        cx, cy, r = rng.uniform(0, w) * 2, rng.uniform(0, h) * 2, rng.uniform(5, 0.2 * s) * 2
+        start = rng.uniform(0, 360)
+        colour = tuple(int(c) for c in rng.integers(0, 256, size=3))
+        draw.arc(
+            [cx - r, cy - r, cx + r, cy + r], start, start + rng.uniform(40, 150), fill=colour,
+            width=int(rng.integers(2, 7)),
+        )
+    return np.asarray(canvas.resize((w, h), Image.BOX), dtype=np.float32)
 
 
-def _render_image(rng, h, w, max_objects, min_size, blur_prob, min_visible):
+def _render_image(rng, h, w, p):
+    """One image (uint8 HxWx3) and its annotations (without ids)."""
     img = _background(rng, h, w)
-    owner = np.full((h, w), -1, dtype=np.int64)  # top-most object index per pixel
-    objects = []
-    for k in range(int(rng.integers(1, max_objects + 1))):
+    owner = np.full((h, w), -1, dtype=np.int64)  # top-most object per pixel
+    placed, objects = [], []
+    min_size = float(p["min_size"])
+    max_size = max(min_size, float(p["max_size_frac"]) * min(h, w))
+    for k in range(int(rng.integers(1, p["max_objects"] + 1))):
         cls = int(rng.integers(len(SYNTHETIC_CLASSES)))
-        size = float(np.exp(rng.uniform(np.log(min_size), np.log(0.45 * min(h, w)))))
-        radius = size / 2
-        cx, cy = rng.uniform(-0.05 * w, 1.05 * w), rng.uniform(-0.05 * h, 1.05 * h)
-        angle = rng.uniform(0, 2 * np.pi) if cls in (1, 2, 4) else 0.0
-        x0, y0 = int(np.floor(cx - radius)), int(np.floor(cy - radius))
-        x1, y1 = int(np.ceil(cx + radius)) + 1, int(np.ceil(cy + radius)) + 1
-        yy, xx = np.mgrid[y0:y1, x0:x1].astype(np.float64)
-        du, dv = (xx + 0.5 - cx) / radius, (yy + 0.5 - cy) / radius
+        size = float(np.exp(rng.uniform(np.log(min_size), np.log(max_size))))
+        r = size / 2.0
+        if placed and rng.random() < p["cluster_prob"]:  # next to an earlier object: overlaps
+            pcx, pcy, pr = placed[int(rng.integers(len(placed)))]
+            a = rng.uniform(0, 2 * np.pi)
+            dist = (pr + r) * rng.uniform(0.3, 0.9)
+            cx, cy = pcx + dist * np.cos(a), pcy + dist * np.sin(a)
+        else:
+            cx, cy = rng.uniform(-0.6 * r, w + 0.6 * r), rng.uniform(-0.6 * r, h + 0.6 * r)
+        angle = rng.uniform(0, 2 * np.pi) if cls in _ROTATED else 0.0
+        hole = rng.uniform(0.45, 0.62)
+        blurred = bool(rng.random() < p["blur_prob"])
+        sigma = float(np.clip(size * rng.uniform(0.04, 0.12), 0.8, 5.0)) if blurred else 0.0
+        pad = int(np.ceil(3 * sigma)) + 1
+        # full (amodal) window, possibly beyond the image; supersampled coordinates
+        x0, y0 = int(np.floor(cx - r)) - pad, int(np.floor(cy - r)) - pad
+        x1, y1 = int(np.ceil(cx + r)) + 1 + pad, int(np.ceil(cy + r)) + 1 + pad
+        ys = (np.arange((y1 - y0) * _SS) + 0.5) / _SS + y0
+        xs = (np.arange((x1 - x0) * _SS) + 0.5) / _SS + x0
+        dv, du = (ys[:, None] - cy) / r, (xs[None, :] - cx) / r
         u = du * np.cos(angle) + dv * np.sin(angle)
         v = -du * np.sin(angle) + dv * np.cos(angle)
-        mask = _shape_mask(cls, u, v)
+        cover = _shape_mask(cls, u, v, hole).astype(np.float64)
+        hw = (y1 - y0, _SS, x1 - x0, _SS)
+        alpha = cover.reshape(hw).mean(axis=(1, 3))
+        mask = alpha >= 0.5  # the object's pixels
         total = int(mask.sum())
-        if total == 0:
-            continue
-        # part of the window inside the image
         ix0, iy0, ix1, iy1 = max(x0, 0), max(y0, 0), min(x1, w), min(y1, h)
-        if ix0 >= ix1 or iy0 >= iy1:
+        if total == 0 or ix0 >= ix1 or iy0 >= iy1:
             continue
-        inside = mask[iy0 - y0 : iy1 - y0, ix0 - x0 : ix1 - x0]
-        if inside.sum() < 0.3 * total:
+        crop = (slice(iy0 - y0, iy1 - y0), slice(ix0 - x0, ix1 - x0))
+        inside = int(mask[crop].sum())
+        if inside < p["min_inside"] * total:
             continue
         region = img[iy0:iy1, ix0:ix1]
-        tex = _texture(rng, iy1 - iy0, ix1 - ix0)
-        blurred = bool(rng.random() < blur_prob)
-        paint = np.where(inside[..., None], tex, region)
+        ref = region[mask[crop]].mean(axis=0)
+        base = _distinct_colour(rng, ref, p["min_contrast"])
+        colour = _texture(rng, cls, u, v, size, base).reshape(hw + (3,)).mean(axis=(1, 3))
+        colour = np.clip(colour, 0, 255)
+        premult = alpha[..., None] * colour
         if blurred:
-            radius_px = float(rng.uniform(1.0, max(1.5, size / 8)))
-            pil = Image.fromarray(np.clip(paint, 0, 255).astype(np.uint8))
-            paint = np.asarray(pil.filter(ImageFilter.GaussianBlur(radius_px)), dtype=np.float64)
-            soft = np.asarray(
-                Image.fromarray((inside * 255).astype(np.uint8)).filter(ImageFilter.GaussianBlur(radius_px)),
-                dtype=np.float64,
-            )[..., None] / 255.0
-            paint = soft * paint + (1 - soft) * region
-        img[iy0:iy1, ix0:ix1] = np.where((inside | blurred)[..., None], paint, region)
-        owner[iy0:iy1, ix0:ix1][inside] = k
-        ys, xs = np.nonzero(mask)
-        box = [
-            max(float(xs.min() + x0), 0.0),
-            max(float(ys.min() + y0), 0.0),
-            min(float(xs.max() + x0 + 1), float(w)),
-            min(float(ys.max() + y0 + 1), float(h)),
-        ]
-        objects.append(
-            dict(index=k, cls=cls, box=box, total=total, truncated=bool(inside.sum() < total), blurred=blurred)
+            alpha = ndimage.gaussian_filter(alpha, sigma, mode="constant")
+            premult = ndimage.gaussian_filter(premult, (sigma, sigma, 0), mode="constant")
+        img[iy0:iy1, ix0:ix1] = premult[crop] + (1.0 - alpha[crop][..., None]) * region
+        owner[iy0:iy1, ix0:ix1][mask[crop]] = k
+        placed.append((cx, cy, r))
+        rows, cols = np.nonzero(mask)
+        box = (
+            max(x0 + int(cols.min()), 0),
+            max(y0 + int(rows.min()), 0),
+            min(x0 + int(cols.max()) + 1, w),
+            min(y0 + int(rows.max()) + 1, h),
         )
-    visible = np.bincount(owner[owner >= 0].ravel(), minlength=max_objects + 1)
+        truncated = bool(
+            x0 + cols.min() < 0 or y0 + rows.min() < 0 or x0 + cols.max() + 1 > w or y0 + rows.max() + 1 > h
+        )
+        objects.append(dict(index=k, cls=cls, box=box, inside=inside, blurred=blurred, truncated=truncated))
+    if p["noise"] > 0:  # sensor noise over everything, objects included
+        img += rng.standard_normal(size=img.shape, dtype=np.float32) * np.float32(rng.uniform(0.3, 1.0) * p["noise"])
+    visible = np.bincount(owner[owner >= 0], minlength=int(p["max_objects"]) + 1)
     anns = []
     for o in objects:
-        frac = float(visible[o["index"]]) / o["total"]
-        if frac < min_visible:
+        frac = float(visible[o["index"]]) / o["inside"]
+        if frac < p["min_visible"]:
             continue
-        x0, y0, x1, y1 = o["box"]
+        bx0, by0, bx1, by1 = o["box"]
         anns.append(
             dict(
                 category_id=o["cls"] + 1,
-                bbox=[x0, y0, x1 - x0, y1 - y0],
+                bbox=[float(bx0), float(by0), float(bx1 - bx0), float(by1 - by0)],
                 area=float(visible[o["index"]]),
                 iscrowd=0,
                 visible_fraction=round(frac, 4),
@@ -149,7 +288,14 @@ def _render_image(rng, h, w, max_objects, min_size, blur_prob, min_visible):
                 truncated=o["truncated"],
             )
         )
-    return np.clip(img, 0, 255).astype(np.uint8), anns
+    return np.clip(np.rint(img), 0, 255).astype(np.uint8), anns
+
+
+def _image_hw(image_size):
+    if np.isscalar(image_size):
+        return int(image_size), int(image_size)
+    h, w = image_size
+    return int(h), int(w)
 
 
 def generate_synthetic_coco(
@@ -158,86 +304,198 @@ def generate_synthetic_coco(
     image_size=256,
     seed=0,
     max_objects=8,
-    min_size=8,
+    min_size=8.0,
+    max_size_frac=0.45,
     blur_prob=0.25,
     min_visible=0.25,
+    min_inside=0.3,
+    cluster_prob=0.35,
+    min_contrast=55.0,
+    noise=6.0,
 ):
-    """Write ``out_dir/images/%06d.png`` and ``out_dir/annotations.json``; return the json path.
+    """Write ``out_dir/images/{image_id:06d}.png`` and ``out_dir/annotations.json``.
 
-    image_size: int or (h, w). Deterministic by ``seed`` (numpy PCG64, fixed PNG settings).
+    Args:
+        out_dir: output folder (created; existing files of the same names are overwritten).
+        num_images: number of images; image ids are ``1..num_images``.
+        image_size: int or ``(h, w)``.
+        seed: everything is a deterministic function of the arguments.
+        max_objects: objects attempted per image, uniform in ``1..max_objects`` (some are
+            dropped: too occluded or too truncated).
+        min_size, max_size_frac: object diameter is log-uniform in
+            ``[min_size, max_size_frac * min(h, w)]`` pixels.
+        blur_prob: probability that an object is Gaussian-blurred.
+        min_visible: drop annotations whose visible (unoccluded) fraction is below this.
+        min_inside: drop objects with less than this fraction of their area inside the image.
+        cluster_prob: probability that an object is placed next to an earlier one.
+        min_contrast: preferred minimal RGB distance between an object's colour and the
+            background under it (lower = harder).
+        noise: maximal standard deviation of the per-image pixel noise.
+
+    Returns:
+        The path of the json file.
     """
-    h, w = (image_size, image_size) if np.isscalar(image_size) else tuple(image_size)
-    rng = np.random.Generator(np.random.PCG64(seed))
-    os.makedirs(os.path.join(out_dir, "images"), exist_ok=True)
+    h, w = _image_hw(image_size)
+    params = dict(
+        max_objects=int(max_objects), min_size=min_size, max_size_frac=max_size_frac, blur_prob=blur_prob,
+        min_visible=min_visible, min_inside=min_inside, cluster_prob=cluster_prob, min_contrast=min_contrast,
+        noise=noise,
+    )
+    if params["max_objects"] < 1 or min_size <= 0:
+        raise ValueError("max_objects must be >= 1 and min_size > 0")
+    image_dir = os.path.join(out_dir, "images")
+    os.makedirs(image_dir, exist_ok=True)
     images, annotations = [], []
-    for i in range(num_images):
-        img, anns = _render_image(rng, h, w, max_objects, min_size, blur_prob, min_visible)
-        name = f"{i:06d}.png"
-        Image.fromarray(img).save(os.path.join(out_dir, "images", name), compress_level=6)
-        images.append(dict(id=i + 1, file_name=name, height=h, width=w))
+    for i in range(int(num_images)):
+        rng = np.random.Generator(np.random.PCG64([int(seed), i]))
+        img, anns = _render_image(rng, h, w, params)
+        image_id = i + 1
+        name = f"{image_id:06d}.png"
+        Image.fromarray(img).save(os.path.join(image_dir, name), format="PNG", compress_level=1, optimize=False)
+        images.append(dict(id=image_id, file_name=name, height=h, width=w))
         for a in anns:
-            annotations.append(dict(id=len(annotations) + 1, image_id=i + 1, **a))
+            annotations.append(dict(id=len(annotations) + 1, image_id=image_id, **a))
     coco = dict(
-        info=dict(description="gkd_d2 synthetic ambiguous-instances dataset", seed=seed),
+        info=dict(
+            description="gkd_d2 synthetic ambiguous-instances dataset",
+            version=str(GENERATOR_VERSION),
+            seed=int(seed),
+            image_size=[h, w],
+            **params,
+        ),
+        licenses=[],
         images=images,
         annotations=annotations,
         categories=[dict(id=i + 1, name=n, supercategory="shape") for i, n in enumerate(SYNTHETIC_CLASSES)],
     )
     path = os.path.join(out_dir, "annotations.json")
     with open(path, "w") as f:
-        json.dump(coco, f)
+        json.dump(coco, f, sort_keys=True)
     return path
 
 
-def register_synthetic_dataset(name, root, num_images, image_size=256, seed=0, **kwargs):
-    """Generate (unless ``root`` already holds these exact parameters) and register ``name``.
+# --------------------------------------------------------------------------------------------
+# registration
+# --------------------------------------------------------------------------------------------
+def _normalised_params(num_images, image_size, seed, kwargs):
+    """All generator arguments (defaults filled in) as stored in ``params.json``."""
+    sig = inspect.signature(generate_synthetic_coco)
+    try:
+        bound = sig.bind("<out_dir>", num_images, image_size, seed, **kwargs)
+    except TypeError as e:
+        raise TypeError(f"register_synthetic_dataset: {e}") from None
+    bound.apply_defaults()
+    params = dict(bound.arguments)
+    del params["out_dir"]
+    params["num_images"] = int(num_images)
+    params["seed"] = int(seed)
+    params["image_size"] = list(_image_hw(image_size))
+    params["generator_version"] = GENERATOR_VERSION
+    return json.loads(json.dumps(params, sort_keys=True))
 
-    Registration mirrors ``register_coco_instances`` but keeps the annotations' extra fields.
-    Registering the same name again with the same parameters is a no-op; with different
-    parameters it is an error naming the dataset. Safe when several processes start at once.
+
+def _read_stamp(root):
+    try:
+        with open(os.path.join(root, "params.json")) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+def _is_current(root, params):
+    return _read_stamp(root) == params and os.path.isfile(os.path.join(root, "annotations.json"))
+
+
+def _ensure_generated(root, params):
+    """Make ``root`` hold the dataset of ``params``; atomic and safe across processes."""
+    if _is_current(root, params):
+        return
+    parent = os.path.dirname(root)
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(root)}.tmp-", dir=parent)
+    try:
+        gen = {k: v for k, v in params.items() if k != "generator_version"}
+        generate_synthetic_coco(tmp, **gen)
+        with open(os.path.join(tmp, "params.json"), "w") as f:  # written last: complete folder
+            json.dump(params, f, sort_keys=True, indent=1)
+        for _ in range(5):
+            try:
+                os.rename(tmp, root)  # atomic; replaces a missing or empty folder only
+                return
+            except OSError:
+                pass
+            if _is_current(root, params):  # another process finished first: use its files
+                return
+            # stale (other parameters or generator version): move it aside, then retry
+            if not os.path.isdir(root) or not set(os.listdir(root)) <= _STAMP_FILES:
+                raise RuntimeError(
+                    f"{root} exists and does not look like a generated synthetic dataset; "
+                    "refusing to replace it"
+                )
+            trash = tempfile.mkdtemp(prefix=f".{os.path.basename(root)}.old-", dir=parent)
+            try:
+                os.rename(root, os.path.join(trash, "data"))
+            except OSError:
+                pass  # someone else moved or replaced it meanwhile
+            shutil.rmtree(trash, ignore_errors=True)
+        if not _is_current(root, params):
+            raise RuntimeError(f"could not place the synthetic dataset at {root}")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def register_synthetic_dataset(name, root, num_images, image_size=256, seed=0, **kwargs):
+    """Generate the synthetic dataset into ``root`` (once) and register it as ``name``.
+
+    Files: ``root/annotations.json``, ``root/images/*.png`` and ``root/params.json``, a stamp
+    of every generator argument (defaults included) and ``GENERATOR_VERSION``. Existing files
+    are reused when the stamp matches exactly, and regenerated otherwise. Generation happens in
+    a temporary sibling folder that is renamed into place atomically; if another process puts
+    a matching folder there first, that one is used. A stale folder is only replaced when it
+    holds nothing but these generated files.
+
+    Registration mirrors ``detectron2.data.datasets.register_coco_instances`` but passes
+    ``extra_annotation_keys=EXTRA_ANNOTATION_KEYS`` to ``load_coco_json``, so each annotation of
+    ``DatasetCatalog.get(name)`` keeps ``visible_fraction``, ``blurred`` and ``truncated``.
+    The metadata gets ``json_file``, ``image_root``, ``evaluator_type="coco"``,
+    ``thing_classes`` (= ``SYNTHETIC_CLASSES``, as load_coco_json would set them),
+    ``thing_dataset_id_to_contiguous_id`` and ``synthetic_params``.
+
+    Registering the same name again with the same root and parameters is a no-op; with other
+    ones it raises ``ValueError`` naming the dataset.
+
+    Args:
+        name: dataset name in Detectron2's catalogs.
+        root: folder of the generated files.
+        num_images, image_size, seed, **kwargs: arguments of :func:`generate_synthetic_coco`.
     """
     from detectron2.data import DatasetCatalog, MetadataCatalog
     from detectron2.data.datasets import load_coco_json
 
-    params = dict(num_images=num_images, image_size=image_size, seed=seed, **kwargs)
-    params = json.loads(json.dumps(params))  # tuples -> lists, as stored in params.json
-    if name in DatasetCatalog.list():
-        if MetadataCatalog.get(name).get("synthetic_params") == params and MetadataCatalog.get(
-            name
-        ).get("image_root") == os.path.join(root, "images"):
-            return
-        raise ValueError(
-            f"Dataset '{name}' is already registered with other parameters or files; "
-            "use another name."
-        )
-    stamp = os.path.join(root, "params.json")
-    if not (os.path.isfile(stamp) and json.load(open(stamp)) == params):
-        parent = os.path.dirname(os.path.abspath(root))
-        os.makedirs(parent, exist_ok=True)
-        tmp = tempfile.mkdtemp(prefix=".gkd_synth_", dir=parent)
-        generate_synthetic_coco(tmp, **params)
-        with open(os.path.join(tmp, "params.json"), "w") as f:
-            json.dump(params, f)
-        if os.path.isdir(root):
-            if os.path.isfile(stamp) and json.load(open(stamp)) == params:
-                shutil.rmtree(tmp)  # another process finished first
-            else:
-                shutil.rmtree(root)
-                os.replace(tmp, root)
-        else:
-            try:
-                os.replace(tmp, root)
-            except OSError:  # another process created it meanwhile
-                shutil.rmtree(tmp)
+    params = _normalised_params(num_images, image_size, seed, kwargs)
+    root = os.path.abspath(os.fspath(root))
     json_file = os.path.join(root, "annotations.json")
     image_root = os.path.join(root, "images")
+    if name in DatasetCatalog.list():
+        meta = MetadataCatalog.get(name)
+        if meta.get("synthetic_params") == params and meta.get("image_root") == image_root:
+            return
+        raise ValueError(
+            f"Dataset '{name}' is already registered with other files or parameters "
+            f"(registered: root={os.path.dirname(meta.get('image_root', '?'))}, "
+            f"params={meta.get('synthetic_params')}; requested: root={root}, params={params}); "
+            "use another dataset name."
+        )
+    _ensure_generated(root, params)
     DatasetCatalog.register(
-        name, lambda: load_coco_json(json_file, image_root, name, extra_annotation_keys=EXTRA_KEYS)
+        name,
+        lambda: load_coco_json(json_file, image_root, name, extra_annotation_keys=list(EXTRA_ANNOTATION_KEYS)),
     )
     MetadataCatalog.get(name).set(
         json_file=json_file,
         image_root=image_root,
         evaluator_type="coco",
         thing_classes=list(SYNTHETIC_CLASSES),
+        thing_dataset_id_to_contiguous_id={i + 1: i for i in range(len(SYNTHETIC_CLASSES))},
         synthetic_params=params,
     )
