@@ -89,3 +89,26 @@ def add_distill_config(cfg):
     from .knowledge.zoo_config import add_knowledge_zoo_config
 
     add_knowledge_zoo_config(cfg)
+
+
+def validate_distill_config(cfg):
+    """Check the ``DISTILL.PGM`` options at build time; errors name the option and the fix.
+
+    (Loss weights are checked by each knowledge term, the teacher/student pair by
+    :class:`gkd_d2.DistillationDetector`.)
+    """
+    p = cfg.DISTILL.PGM
+    rules = [
+        ("NUM_PROTOTYPES", p.NUM_PROTOTYPES >= 1, "must be >= 1"),
+        ("ALPHA", p.ALPHA >= 0, "must be >= 0"),
+        ("SIGMA", p.SIGMA > 0, "must be > 0"),
+        ("QUANTILE", 0 <= p.QUANTILE < 1, "must be in [0, 1)"),
+        ("MAX_SAMPLES", p.MAX_SAMPLES >= 1, "must be >= 1"),
+        ("MIN_SIZE", p.MIN_SIZE >= 0, "must be >= 0 (pixels)"),
+        ("PERIOD", p.PERIOD >= 0, "must be >= 1 iteration, or 0 for one epoch of DATASETS.TRAIN"),
+        ("BATCH_SIZE", p.BATCH_SIZE >= 1, "must be >= 1"),
+    ]
+    for key, ok, fix in rules:
+        if not ok:
+            raise ValueError(f"DISTILL.PGM.{key}={p[key]}: {fix}.")
+

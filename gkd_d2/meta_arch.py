@@ -16,7 +16,7 @@ from detectron2.modeling.poolers import ROIPooler
 from detectron2.utils.events import get_event_storage
 from torch import nn
 
-from .config import SUPPORTED_STUDENTS
+from .config import SUPPORTED_STUDENTS, validate_distill_config
 from .detectors import (
     box_coder,
     detector_type,
@@ -69,6 +69,7 @@ class DistillationDetector(nn.Module):
 
     def __init__(self, cfg):
         super().__init__()
+        validate_distill_config(cfg)
         self.student = build_student(cfg)
         self.teacher, self.teacher_cfg = build_teacher(cfg)
         self.student_type = detector_type(self.student, "DISTILL.STUDENT_ARCHITECTURE")

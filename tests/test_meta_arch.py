@@ -187,3 +187,32 @@ def test_negative_weight_rejected(rcnn_teacher):
     cfg.DISTILL.GLOBAL.WEIGHT = -1.0
     with pytest.raises(ValueError, match="DISTILL.GLOBAL.WEIGHT=-1.0"):
         build_model(cfg)
+
+
+def test_teacher_with_other_fpn_levels(rcnn_teacher):
+    cfg = distill_cfg(rcnn_teacher)
+    # the teacher's FPN starts at res3: it outputs p3-p6, the student p2-p6
+    cfg.DISTILL.TEACHER.OPTS = [
+        "MODEL.FPN.IN_FEATURES", "['res3', 'res4', 'res5']",
+        "MODEL.RPN.IN_FEATURES", "['p3', 'p4', 'p5', 'p6']",
+        "MODEL.ROI_HEADS.IN_FEATURES", "['p3', 'p4', 'p5']",
+        "MODEL.ANCHOR_GENERATOR.SIZES", "[[16], [32], [64], [128]]",
+    ]
+    with pytest.raises(ValueError, match=r"FPN level names .* differ.*teacher outputs \['p3'"):
+        build_model(cfg)
+
+
+@pytest.mark.parametrize(
+    "key, value, message",
+    [
+        ("PERIOD", -1, r"DISTILL.PGM.PERIOD=-1: must be >= 1 iteration, or 0 for one epoch"),
+        ("NUM_PROTOTYPES", 0, r"DISTILL.PGM.NUM_PROTOTYPES=0: must be >= 1"),
+        ("SIGMA", 0.0, r"DISTILL.PGM.SIGMA=0.0: must be > 0"),
+        ("QUANTILE", 1.0, r"DISTILL.PGM.QUANTILE=1.0: must be in \[0, 1\)"),
+    ],
+)
+def test_bad_pgm_options_name_the_option(rcnn_teacher, key, value, message):
+    cfg = distill_cfg(rcnn_teacher)
+    cfg.DISTILL.PGM[key] = value
+    with pytest.raises(ValueError, match=message):
+        build_model(cfg)

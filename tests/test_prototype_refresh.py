@@ -175,3 +175,34 @@ def test_two_processes_get_identical_prototypes(synth, synth_teacher, tmp_path):
     PrototypeGenerator(cfg).refresh(model, 0)
     for k, v in model.prototypes.state_dict().items():
         assert torch.allclose(v.float(), r0["state"][k].float(), atol=1e-5), k
+
+
+def test_class_without_instances_warns_and_gets_no_prototypes(synth, synth_teacher, tmp_path):
+    import logging
+
+    cfg = refresh_cfg(synth_teacher, synth, tmp_path)
+    missing = 2
+    dicts = [
+        {**d, "annotations": [a for a in d["annotations"] if a["category_id"] != missing]}
+        for d in DatasetCatalog.get(synth)
+    ]
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    log = logging.getLogger("gkd_d2.prototypes.refresh")
+    log.addHandler(handler)
+    try:
+        model = build_model(cfg)
+        PrototypeGenerator(cfg, dataset_dicts=dicts).refresh(model, 0)
+    finally:
+        log.removeHandler(handler)
+    warnings = [r.getMessage() for r in records if r.levelno == logging.WARNING]
+    assert any(f"class {missing} has no instance" in w for w in warnings), warnings
+    bank = model.prototypes
+    assert not bank.valid[:, missing].any() and bank.valid.any()
+    # its instances get robust weight 1
+    n = 4
+    levels = torch.zeros(n, dtype=torch.long)
+    w = bank.robust_weights(torch.randn(n, bank.teacher.shape[-1]), torch.randn(n, bank.student.shape[-1]),
+                            levels, torch.full((n,), missing))
+    assert torch.equal(w, torch.ones(n))

@@ -7,7 +7,12 @@
     python tools/train_net.py --config-file CFG --resume
 
 Every Detectron2 option works (--num-machines, --machine-rank, --dist-url, KEY VALUE pairs).
+Ctrl-C (or SIGTERM) finishes the current iteration, saves a checkpoint and exits with status
+130; the same command with --resume continues as if nothing had happened.
 """
+import logging
+import sys
+
 from detectron2.config import get_cfg
 from detectron2.engine import default_argument_parser, default_setup, launch
 from detectron2.evaluation import verify_results
@@ -16,6 +21,7 @@ from detectron2.utils.logger import setup_logger
 
 from gkd_d2 import DistillationCheckpointer, DistillTrainer, add_distill_config
 from gkd_d2.data.builtin import register_datasets_from_cfg
+from gkd_d2.resume import TrainingInterrupted
 
 
 def setup(args):
@@ -42,7 +48,11 @@ def main(args):
         return res
     trainer = DistillTrainer(cfg)
     trainer.resume_or_load(resume=args.resume)
-    return trainer.train()
+    try:
+        return trainer.train()
+    except TrainingInterrupted as stop:  # Ctrl-C / SIGTERM: checkpoint written, clean exit
+        logging.getLogger("gkd_d2").warning("%s", stop)
+        sys.exit(130)
 
 
 if __name__ == "__main__":

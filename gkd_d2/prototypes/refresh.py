@@ -38,9 +38,7 @@ def training_dicts(cfg) -> List[dict]:
 
 def refresh_period(cfg, num_images: int) -> int:
     """DISTILL.PGM.PERIOD, or one epoch: ceil(#images / SOLVER.IMS_PER_BATCH)."""
-    period = int(cfg.DISTILL.PGM.PERIOD)
-    if period < 0:
-        raise ValueError(f"DISTILL.PGM.PERIOD={period} must be >= 1 (or 0 for one epoch).")
+    period = int(cfg.DISTILL.PGM.PERIOD)  # >= 0: validate_distill_config
     return period or max(1, math.ceil(num_images / cfg.SOLVER.IMS_PER_BATCH))
 
 
@@ -129,6 +127,12 @@ class PrototypeGenerator:
                 return student.backbone(student.preprocess_image(inputs).tensor)
 
             feats_s = _gather_cat(self._extract(model, student_fn, self._records))
+            if not torch.isfinite(feats_s).all():
+                raise FloatingPointError(
+                    f"PGM refresh at iteration {iteration}: the student's FPN features are NaN "
+                    "or Inf, training has diverged. Lower SOLVER.BASE_LR or the distillation "
+                    "weights (DISTILL.FEATURE.WEIGHT, ...), or enable SOLVER.CLIP_GRADIENTS."
+                )
             selection = None
             if comm.is_main_process():
                 selection = self._select(feats_s)

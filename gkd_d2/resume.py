@@ -1,0 +1,168 @@
+"""Stopping and resuming a training run without changing its result.
+
+Distillation runs last days and are interrupted (Ctrl-C, a cluster's SIGTERM before
+preemption). Three pieces make ``--resume`` continue exactly where the run stopped:
+
+- :class:`GracefulInterruptHook`: SIGINT / SIGTERM only set a flag; the hook lets the current
+  step finish (optimizer and LR scheduler stepped), saves ``model_<iter>.pth`` with that
+  iteration, and stops the loop with :class:`TrainingInterrupted`. A second Ctrl-C aborts at
+  once (the handler is removed after the first signal). In a multi-process run the flag is
+  all-reduced every step, so every process stops after the same step.
+- :class:`RNGState`: a checkpointable with the python, numpy, torch (and CUDA) generator states
+  of the main process, so random choices after the restart (RoI sampling, augmentations in
+  the main process) are those the uninterrupted run would have made.
+- :class:`ResumableTrainingSampler`: Detectron2's ``TrainingSampler`` whose seed is saved in
+  the checkpoint and which skips the ``start_iter * images_per_process`` indices the run had
+  already consumed, so the restarted run sees the same images in the same order.
+
+Exactness: a resumed run reproduces the uninterrupted one bit for bit on CPU with
+``DATALOADER.NUM_WORKERS 0`` and one process. With data-loader workers, augmentations drawn
+inside the workers restart from new seeds (same images, same order, other flips); on GPUs,
+non-deterministic kernels make runs differ anyway. Processes other than the main one get a
+fresh seed derived from the restored state and their rank.
+"""
+import itertools
+import logging
+import random
+import signal
+import threading
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from detectron2.data.samplers import TrainingSampler
+from detectron2.engine import HookBase
+from detectron2.utils import comm
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "GracefulInterruptHook",
+    "RNGState",
+    "ResumableTrainingSampler",
+    "TrainingInterrupted",
+]
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Raised after a signal stopped training; ``checkpoint`` holds the saved file."""
+
+    def __init__(self, iteration: int, checkpoint: str):
+        super().__init__(
+            f"Training interrupted after iteration {iteration}; checkpoint {checkpoint}. "
+            "Continue with the same command plus --resume."
+        )
+        self.iteration = iteration
+        self.checkpoint = checkpoint
+
+
+class GracefulInterruptHook(HookBase):
+    """Turn SIGINT / SIGTERM into "finish this step, save a checkpoint, stop".
+
+    Register it after the LR scheduler and the periodic checkpointer (DefaultTrainer's hooks
+    end with the writers; appending it last is right), so the saved state is the state after
+    the step's scheduler update, exactly what a periodic checkpoint of that iteration holds.
+    """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self):
+        self._requested = False
+        self._previous = {}
+
+    def _handler(self, signum, frame):
+        self._requested = True
+        logger.warning(
+            "%s received: finishing iteration %d, then saving a checkpoint and stopping "
+            "(press Ctrl-C again to abort at once, without a checkpoint).",
+            signal.Signals(signum).name,
+            self.trainer.iter,
+        )
+        signal.signal(signum, self._previous.get(signum, signal.SIG_DFL))
+
+    def before_train(self):
+        self._requested = False
+        if threading.current_thread() is not threading.main_thread():
+            return  # signal handlers can only be installed from the main thread
+        for sig in self.SIGNALS:
+            self._previous[sig] = signal.getsignal(sig)
+            signal.signal(sig, self._handler)
+
+    def after_train(self):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()
+
+    def _stop_requested(self) -> bool:
+        if comm.get_world_size() == 1:
+            return self._requested
+        # one scalar per step: every process must stop after the same iteration
+        device = "cuda" if dist.get_backend() == "nccl" else "cpu"
+        flag = torch.tensor([float(self._requested)], device=device)
+        dist.all_reduce(flag)
+        return bool(flag.item() > 0)
+
+    def after_step(self):
+        if not self._stop_requested():
+            return
+        it = self.trainer.iter
+        checkpointer = self.trainer.checkpointer
+        name = f"model_{it:07d}"
+        checkpointer.save(name, iteration=it)
+        comm.synchronize()
+        raise TrainingInterrupted(it, f"{checkpointer.save_dir}/{name}.pth")
+
+
+class RNGState:
+    """Checkpointable random-generator state of the main process (python, numpy, torch,
+    CUDA). Loading it on another rank reseeds that rank from the state and its rank."""
+
+    def state_dict(self):
+        kind, keys, pos, has_gauss, gauss = np.random.get_state()
+        state = {  # tensors and plain python values only: checkpoints load with weights_only
+            "python": random.getstate(),
+            "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss),
+            "torch": torch.get_rng_state(),
+        }
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            state["cuda"] = torch.cuda.get_rng_state_all()
+        return state
+
+    def load_state_dict(self, state):
+        rank = comm.get_rank()
+        if rank != 0:
+            seed = (int(state["torch"][:8].sum()) + 1000003 * rank) % 2**31
+            random.seed(seed)
+            np.random.seed(seed)
+            torch.manual_seed(seed)
+            return
+        random.setstate(state["python"])
+        kind, keys, pos, has_gauss, gauss = state["numpy"]
+        np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+        torch.set_rng_state(state["torch"])
+        cuda = state.get("cuda")
+        if cuda is not None and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(cuda)
+
+
+class ResumableTrainingSampler(TrainingSampler):
+    """``TrainingSampler`` (same infinite shuffled stream, split across processes) that
+
+    - saves its seed in checkpoints (``state_dict`` / ``load_state_dict``), and
+    - starts ``start`` indices into this process's stream; the trainer sets
+      ``start = start_iter * images per process`` when resuming, before the data loader's
+      first ``iter()`` (Detectron2 creates the iterator lazily at the first step).
+    """
+
+    def __init__(self, size: int, shuffle: bool = True, seed=None):
+        super().__init__(size, shuffle, seed)
+        self.start = 0
+
+    def __iter__(self):
+        return itertools.islice(super().__iter__(), self.start, None)
+
+    def state_dict(self):
+        return {"seed": self._seed}
+
+    def load_state_dict(self, state):
+        self._seed = int(state["seed"])
