@@ -11,11 +11,13 @@ In one run, on the demo configurations (teacher ResNet-34 FPN-128, student ResNe
 - ``wrapper[<terms>]``: the distillation step with those knowledge terms;
 - ``kd_overhead``: wrapper - student - teacher_fwd, as a fraction of the student step (target:
   at most 10% for the paper's terms);
-- peak memory of a step with and without distillation above the resident weights (CUDA only), inference time per image
+- peak memory of a step with and without distillation above what is resident before it
+  (CUDA allocator peak, or peak RSS on a Linux CPU), inference time per image
   and parameter counts of teacher and student.
 
 Steps are timed interleaved (round robin) and the median is reported. Results go to
-``benchmarks/results/speed_<device>.json`` (issue 5's speed.json is this file for the CPU run).
+``benchmarks/results/speed.json`` under the device kind (``cpu``, ``cuda``), replacing an
+older entry of the same kind.
 """
 import argparse
 import json
@@ -95,9 +97,23 @@ def timed(fns, iters, device):
     return {k: statistics.median(v) for k, v in times.items()}
 
 
+def _proc_status_kib(field):
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith(field + ":"))
+
+
 def peak_memory(fn, device):
+    """MiB a step needs above what is resident before it. CUDA: the allocator's peak. CPU
+    (Linux): the process's peak RSS (VmHWM, reset through /proc/self/clear_refs) minus its RSS."""
     if not device.startswith("cuda"):
-        return None
+        try:
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")  # reset VmHWM to the current RSS
+            resident = _proc_status_kib("VmRSS")
+            fn()
+            return (_proc_status_kib("VmHWM") - resident) / 1024
+        except OSError:
+            return None
     torch.cuda.empty_cache()
     sync(device)
     resident = torch.cuda.memory_allocated()  # every model built by this script
@@ -166,9 +182,11 @@ def main():
         out[d] = bench(d, args.device, args.iters)
         print(d, json.dumps(out[d], indent=1), flush=True)
     os.makedirs(RESULTS, exist_ok=True)
-    path = os.path.join(RESULTS, f"speed_{args.device.split(':')[0]}.json")
+    path = os.path.join(RESULTS, "speed.json")  # {device kind: figures}, one entry per device
+    results = json.load(open(path)) if os.path.isfile(path) else {}
+    results[args.device.split(":")[0]] = out
     with open(path, "w") as f:
-        json.dump(out, f, indent=2)
+        json.dump(results, f, indent=2)
     print("wrote", path)
 
 

@@ -76,6 +76,15 @@ def add_distill_config(cfg):
     # Dataset the instances are sampled from; empty = DATASETS.TRAIN.
     _C.DISTILL.PGM.DATASETS = []
 
+    # Visualisation of the prototypes and robust weights (gkd_d2/visualization.py).
+    _C.DISTILL.VIS = CN()
+    # RobustWeightOverlayHook: draw the robust weights (Eq. 8) of the GT boxes of the first
+    # OVERLAY_IMAGES images of DATASETS.TRAIN to OUTPUT_DIR/robust_weights/iter_*/; 0 = off.
+    _C.DISTILL.VIS.OVERLAY_IMAGES = 0
+    # When to draw: 0 = after every prototype refresh (PrototypeBank.last_refresh_iter changed),
+    # P > 0 = every P iterations.
+    _C.DISTILL.VIS.OVERLAY_PERIOD = 0
+
     # Synthetic "ambiguous instances" data of the demo and tests: datasets named
     # gkd_synth_train / gkd_synth_val are generated and registered from these values.
     _C.DATASETS.SYNTHETIC = CN()
@@ -92,7 +101,7 @@ def add_distill_config(cfg):
 
 
 def validate_distill_config(cfg):
-    """Check the ``DISTILL.PGM`` options at build time; errors name the option and the fix.
+    """Check the ``DISTILL.PGM`` and ``DISTILL.VIS`` options at build time; errors name the option and the fix.
 
     (Loss weights are checked by each knowledge term, the teacher/student pair by
     :class:`gkd_d2.DistillationDetector`.)
@@ -111,4 +120,7 @@ def validate_distill_config(cfg):
     for key, ok, fix in rules:
         if not ok:
             raise ValueError(f"DISTILL.PGM.{key}={p[key]}: {fix}.")
+    for key in ("OVERLAY_IMAGES", "OVERLAY_PERIOD"):
+        if cfg.DISTILL.VIS[key] < 0:
+            raise ValueError(f"DISTILL.VIS.{key}={cfg.DISTILL.VIS[key]}: must be >= 0 (0 = off).")
 

@@ -13,6 +13,7 @@ from detectron2.utils import comm
 from .checkpoint import DistillationCheckpointer
 from .prototypes.refresh import PrototypeRefreshHook
 from .resume import GracefulInterruptHook, ResumableTrainingSampler, RNGState
+from .visualization import RobustWeightOverlayHook
 
 logger = logging.getLogger(__name__)
 
@@ -94,6 +95,8 @@ class DistillTrainer(DefaultTrainer):
             # them and before any checkpoint of that iteration is written.
             pos = next(i for i, h in enumerate(ret) if isinstance(h, hooks.LRScheduler)) + 1
             ret.insert(pos, PrototypeRefreshHook(self.cfg))
+            if self.cfg.DISTILL.VIS.OVERLAY_IMAGES > 0:  # pictures of the robust weights
+                ret.insert(pos + 1, RobustWeightOverlayHook(self.cfg))
         # last: a signal stops training after the step's scheduler update and checkpoint hooks
         ret.append(GracefulInterruptHook())
         return ret

@@ -63,18 +63,18 @@ def schedule(iters):
     ]
 
 
-def train(cfg, retrain):
+def train_and_evaluate(cfg, retrain):
+    """Train (unless a finished run is there) and evaluate with COCOEvaluator: params, APs."""
     final = os.path.join(cfg.OUTPUT_DIR, "model_final.pth")
     if os.path.isfile(final) and not retrain:
-        print(f"[demo]   reusing {final} (--retrain to train again)", flush=True)
-        return
-    DistillTrainer(cfg).train()
-
-
-def evaluate(cfg):
-    model = DistillTrainer.build_model(cfg)
-    DistillationCheckpointer(model).load(os.path.join(cfg.OUTPUT_DIR, "model_final.pth"))
-    results = DistillTrainer.test(cfg, model)
+        print(f"[demo]   reusing {final} (--retrain to train again); evaluating it", flush=True)
+        model = DistillTrainer.build_model(cfg)
+        DistillationCheckpointer(model).load(final)
+        results = DistillTrainer.test(cfg, model)
+    else:
+        trainer = DistillTrainer(cfg)
+        results = trainer.train()  # ends with Detectron2's evaluation on DATASETS.TEST
+        model = trainer.model
     bbox = results["bbox"]  # one test dataset: DefaultTrainer.test returns its results
     net = model.student if hasattr(model, "student") else model
     params = sum(p.numel() for p in net.parameters()) / 1e6
@@ -131,9 +131,8 @@ def main():
             f"[demo]   = python tools/train_net.py --config-file {yaml} {' '.join(data + opts)}",
             flush=True,
         )
-        train(cfg, args.retrain)
-        print(f"[demo] evaluating {name} on {cfg.DATASETS.TEST[0]} ...", flush=True)
-        table[name] = evaluate(cfg)
+        table[name] = train_and_evaluate(cfg, args.retrain)
+        print(f"[demo] {name}: AP {table[name]['AP']:.1f} on {cfg.DATASETS.TEST[0]}", flush=True)
 
     header = f"{'model':<28}{'params':>8}" + "".join(f"{m:>7}" for m in METRICS)
     lines = [header, "-" * len(header)]

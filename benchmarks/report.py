@@ -1,0 +1,197 @@
+#!/usr/bin/env python
+"""Write ``benchmarks/RESULTS.md`` (and ``results/quality_ap.png``) from ``benchmarks/results``.
+
+    python benchmarks/report.py
+
+Reads ``quality.json`` (records of :mod:`quality`), ``speed.json`` (:mod:`bench_cost`),
+``pgm_<device>.json`` (:mod:`bench_pgm`) and ``refresh_<detector>_<device>.json``
+(:mod:`bench_refresh`); every table says on what machine and when its figures were measured.
+"""
+import collections
+import glob
+import json
+import os
+import statistics
+
+from common import RESULTS, ROOT
+
+METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
+OUT = os.path.join(ROOT, "benchmarks", "RESULTS.md")
+
+
+def load(name):
+    path = os.path.join(RESULTS, name)
+    return json.load(open(path)) if os.path.isfile(path) else None
+
+
+def mean_spread(values):
+    m = statistics.fmean(values)
+    return f"{m:.1f} ± {statistics.pstdev(values):.1f}" if len(values) > 1 else f"{m:.1f}"
+
+
+def quality_section(records):
+    lines = ["## Quality (replica of Tables 1, 3, 4, 6)", ""]
+    if not records:
+        return lines + ["No `quality.json` yet: run `benchmarks/quality.py` (see its docstring).", ""]
+    groups = collections.defaultdict(list)
+    for r in records:
+        groups[(r["detector"], r["device"], r["method"])].append(r)
+    by_table = collections.defaultdict(list)
+    for (det, dev, method), rs in groups.items():
+        by_table[(det, dev)].append((method, rs))
+    for (det, dev), rows in sorted(by_table.items()):
+        first = rows[0][1][0]
+        lines += [
+            f"### {det} on {dev}",
+            "",
+            f"{first.get('train_images', '?')} training / {first.get('val_images', '?')} validation "
+            f"synthetic images of {first.get('image_size', '?')} px; latest record {max(r['date'] for _, rs in rows for r in rs)}. "
+            "Mean ± spread (population std) over seeds.",
+            "",
+            "| method | seeds | " + " | ".join(METRICS) + " |",
+            "|---" * (len(METRICS) + 2) + "|",
+        ]
+        order = {"teacher": 0, "student": 1, "gkd": 2}
+        for method, rs in sorted(rows, key=lambda x: (order.get(x[0], 3), x[0])):
+            cells = [mean_spread([r[m] for r in rs]) for m in METRICS]
+            seeds = ",".join(str(r["seed"]) for r in sorted(rs, key=lambda r: r["seed"]))
+            lines.append(f"| {method} | {seeds} | " + " | ".join(cells) + " |")
+        lines.append("")
+    plot = plot_quality(by_table)
+    if plot:
+        lines += [f"![AP per method]({os.path.relpath(plot, os.path.dirname(OUT))})", ""]
+    return lines
+
+
+def plot_quality(by_table):
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError:
+        return None
+    fig = Figure(figsize=(6 * len(by_table), 4))
+    FigureCanvasAgg(fig)
+    for i, ((det, dev), rows) in enumerate(sorted(by_table.items())):
+        ax = fig.add_subplot(1, len(by_table), i + 1)
+        rows = sorted(rows, key=lambda x: statistics.fmean(r["AP"] for r in x[1]))
+        names = [m for m, _ in rows]
+        means = [statistics.fmean(r["AP"] for r in rs) for _, rs in rows]
+        errs = [statistics.pstdev([r["AP"] for r in rs]) if len(rs) > 1 else 0 for _, rs in rows]
+        colors = ["tab:green" if n == "gkd" else "tab:gray" if n in ("teacher", "student") else "tab:blue" for n in names]
+        ax.barh(names, means, xerr=errs, color=colors)
+        ax.set_xlabel("COCO box AP")
+        ax.set_title(f"{det} ({dev})")
+    fig.tight_layout()
+    path = os.path.join(RESULTS, "quality_ap.png")
+    fig.savefig(path, dpi=100)
+    return path
+
+
+def speed_section(speed):
+    lines = ["## Cost of distilling (`benchmarks/bench_cost.py`)", ""]
+    if not speed:
+        return lines + ["No `speed.json` yet.", ""]
+    for kind, s in sorted(speed.items()):
+        lines += [
+            f"### {kind}: {s['hardware']}, {s['cpu_threads']} threads, torch {s['torch']}, {s['date']}",
+            "",
+            f"Demo configurations (teacher ResNet-34 FPN-128, student ResNet-18 FPN-64), batch of {s['batch']}, "
+            f"median of {s['iters']} interleaved steps. Overhead = (wrapper step - student step - "
+            "teacher forward) / student step: what the distillation terms themselves cost.",
+            "",
+        ]
+        for det in ("faster_rcnn", "retinanet"):
+            if det not in s:
+                continue
+            d = s[det]
+            lines += [
+                f"**{det}**: student step {d['student_step_s'] * 1e3:.0f} ms, teacher forward "
+                f"{d['teacher_fwd_s'] * 1e3:.0f} ms.",
+                "",
+                "| knowledge terms | wrapper step (ms) | overhead vs student step |",
+                "|---|---|---|",
+            ]
+            for name, t in d["wrapper_step_s"].items():
+                lines.append(f"| {name} | {t * 1e3:.0f} | {d['kd_overhead_vs_student_step'][name] * 100:+.0f}% |")
+            mem = d["peak_memory_MiB"]
+            fmt = lambda v: "n/a" if v is None else f"{v:.0f} MiB"  # noqa: E731
+            inf, par = d["inference_s_per_image"], d["params_M"]
+            lines += [
+                "",
+                f"Peak memory of a step above what is resident: student {fmt(mem['student_step'])}, "
+                f"distillation {fmt(mem['distillation_step'])}. Inference per image: teacher "
+                f"{inf['teacher'] * 1e3:.0f} ms, student {inf['student'] * 1e3:.0f} ms. Parameters: "
+                f"teacher {par['teacher']:.1f} M, student {par['student']:.1f} M.",
+                "",
+            ]
+    return lines
+
+
+def pgm_section():
+    lines = ["## PGM: inner-product formulation vs the direct candidates x D x N formula (`bench_pgm.py`)", ""]
+    files = sorted(glob.glob(os.path.join(RESULTS, "pgm_*.json")))
+    if not files:
+        return lines + ["No results yet.", ""]
+    lines += ["| device | N | D | candidates | K | gkd_d2 (s) | direct (s) | speed-up | peak MiB (gkd_d2 / direct) | memory ratio | same indices | date |", "|---" * 12 + "|"]
+    for path in files:
+        r = json.load(open(path))
+        lines.append(
+            f"| {r['hardware']} ({r['device']}) | {r['N']} | {r['D']} | {r['candidates']} | {r['K']} | "
+            f"{r['time_gkd_d2_s']:.4f} | {r['time_reference_s']:.4f} | {r['speedup']:.0f}x | "
+            f"{r['peak_mem_gkd_d2_MiB']:.0f} / {r['peak_mem_reference_MiB']:.0f} | {r['memory_ratio']:.0f}x | "
+            f"{r['indices_identical']} | {r['date']} |"
+        )
+    return lines + [""]
+
+
+def refresh_section():
+    lines = ["## Prototype refresh, demo configuration (`bench_refresh.py`)", ""]
+    files = sorted(glob.glob(os.path.join(RESULTS, "refresh_*.json")))
+    if not files:
+        return lines + ["No results yet.", ""]
+    lines += ["| detector | device | images | instances | prototypes | first refresh (s) | cached teacher (s) | cache speed-up | date |", "|---" * 9 + "|"]
+    for path in files:
+        r = json.load(open(path))
+        lines.append(
+            f"| {r['detector']} | {r['hardware']} ({r['device']}) | {r['train_images']} | {r['instances']} | "
+            f"{r['prototypes']} | {r['first_refresh_s (teacher + student features, PGM)']} | "
+            f"{r['cached_refresh_s (student features, PGM)']} | {r['teacher_cache_speedup']}x | {r['date']} |"
+        )
+    return lines + [""]
+
+
+COMMANDS = """## Reproducing
+
+```bash
+make bootstrap
+.venv/bin/python benchmarks/quality.py --detector retinanet --seeds 0 1 --methods teacher student gkd ...
+.venv/bin/python benchmarks/bench_cost.py            # --device cuda on a GPU
+.venv/bin/python benchmarks/bench_pgm.py             # --device cuda on a GPU
+.venv/bin/python benchmarks/bench_refresh.py --detector faster_rcnn
+.venv/bin/python benchmarks/report.py                # this file
+```
+"""
+
+
+def main():
+    lines = [
+        "# Benchmarks",
+        "",
+        "Generated by `benchmarks/report.py` from the raw figures in `benchmarks/results/`.",
+        "",
+    ]
+    notes = os.path.join(ROOT, "benchmarks", "NOTES.md")
+    if os.path.isfile(notes):
+        lines += open(notes).read().splitlines() + [""]
+    lines += quality_section(load("quality.json"))
+    lines += speed_section(load("speed.json"))
+    lines += pgm_section()
+    lines += refresh_section()
+    lines += COMMANDS.splitlines()
+    with open(OUT, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    print("wrote", OUT)
+
+
+if __name__ == "__main__":
+    main()
