@@ -8,9 +8,14 @@
    global terms, prototypes regenerated every epoch);
 5. evaluates the three with Detectron2's COCOEvaluator and prints one table.
 
-    python tools/demo.py                      # Faster R-CNN
-    python tools/demo.py --detector retinanet
-    python tools/demo.py --iters 600 --teacher-iters 900
+    python tools/demo.py                        # RetinaNet (the fastest to train on a CPU)
+    python tools/demo.py --detector faster_rcnn
+    python tools/demo.py --iters 2000 --teacher-iters 3000   # longer: higher AP
+
+Everything is trained from scratch (no ImageNet weights here), so absolute APs after a few
+minutes of CPU training are low; the table shows the ordering teacher > distilled student
+vs student alone. The training set is large (2000 images) because with a few hundred images
+from-scratch detectors memorise them (AP 13.5 on the training images, 1.6 on validation).
 
 Each stage is an ordinary ``tools/train_net.py`` run of a config in ``configs/Demo`` (the
 commands are printed), so a stage that already finished is reused unless ``--retrain``.
@@ -83,11 +88,11 @@ def train_and_evaluate(cfg, retrain):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--detector", choices=sorted(CONFIGS), default="faster_rcnn")
-    parser.add_argument("--iters", type=int, default=200, help="student and distillation iterations")
-    parser.add_argument("--teacher-iters", type=int, default=300)
-    parser.add_argument("--num-train", type=int, default=256, help="synthetic training images")
-    parser.add_argument("--num-val", type=int, default=64, help="synthetic validation images")
+    parser.add_argument("--detector", choices=sorted(CONFIGS), default="retinanet")
+    parser.add_argument("--iters", type=int, default=800, help="student and distillation iterations")
+    parser.add_argument("--teacher-iters", type=int, default=1200)
+    parser.add_argument("--num-train", type=int, default=2000, help="synthetic training images")
+    parser.add_argument("--num-val", type=int, default=200, help="synthetic validation images")
     parser.add_argument("--output", default="output/demo")
     parser.add_argument("--retrain", action="store_true", help="ignore finished stages")
     parser.add_argument("--threads", type=int, default=os.cpu_count())

@@ -145,13 +145,13 @@ class PrototypeGenerator:
             "prototypes": int(model.prototypes.valid.sum()),
             "seconds": time.perf_counter() - start,
         }
-        per_level = model.prototypes.valid.sum(dim=(1, 2)).tolist()
+        per_class = model.prototypes.valid.sum(dim=2).tolist()  # (L, C)
         logger.info(
-            "PGM refresh at iter %d: %d instances, %d prototypes (per level %s), %.1f s",
+            "PGM refresh at iter %d: %d instances, %d prototypes (per level, per class: %s), %.1f s",
             iteration,
             stats["instances"],
             stats["prototypes"],
-            dict(zip(model.instance_levels, per_level)),
+            ", ".join(f"{lvl} {n}" for lvl, n in zip(model.instance_levels, per_class)),
             stats["seconds"],
         )
         return stats
