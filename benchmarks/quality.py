@@ -32,23 +32,29 @@ CONFIGS = {
     "faster_rcnn": ("configs/Demo/teacher_faster_rcnn_R34_FPN.yaml", "configs/Demo/student_faster_rcnn_R18_FPN.yaml", "configs/Demo/gkd_faster_rcnn_R34_to_R18_FPN.yaml"),
     "retinanet": ("configs/Demo/teacher_retinanet_R34_FPN.yaml", "configs/Demo/student_retinanet_R18_FPN.yaml", "configs/Demo/gkd_retinanet_R34_to_R18_FPN.yaml"),
 }
-# method name -> (DISTILL.KNOWLEDGE, prototypes on)
+# method name -> (DISTILL.KNOWLEDGE, prototypes on, DISTILL.PGM.SELECTION)
 METHODS = {
-    "gkd": (["feature", "response", "global"], True),
-    "feature": (["feature"], False),
-    "response": (["response"], False),
-    "global": (["global"], True),
-    "feature+global": (["feature", "global"], True),
-    "response+global": (["response", "global"], True),
-    "feature+response": (["feature", "response"], False),
-    "chen": (["chen_cls", "chen_reg", "chen_hint"], False),
-    "fitnet": (["fitnet"], False),
-    "fgfi": (["fgfi"], False),
-    "defeat": (["defeat"], False),
-    "defeat+prototypes": (["defeat"], True),
-    "rkd": (["rkd"], False),
-    "kd": (["kd"], False),
-    "kd+prototypes": (["kd"], True),
+    "gkd": (["feature", "response", "global"], True, "pgm"),
+    # module ablation (Table 3)
+    "feature": (["feature"], False, "pgm"),
+    "response": (["response"], False, "pgm"),
+    "global": (["global"], True, "pgm"),
+    "feature+global": (["feature", "global"], True, "pgm"),
+    "response+global": (["response", "global"], True, "pgm"),
+    "feature+response": (["feature", "response"], False, "pgm"),
+    # prototype ablation (Table 6): the full method with other prototypes
+    "gkd-kmeans": (["feature", "response", "global"], True, "kmeans"),
+    "gkd-random": (["feature", "response", "global"], True, "random"),
+    "gkd-ambiguous": (["feature", "response", "global"], True, "ambiguous"),
+    # local-knowledge methods (Tables 1, 2) and their +prototypes variants (Table 4)
+    "chen": (["chen_cls", "chen_reg", "chen_hint"], False, "pgm"),
+    "fitnet": (["fitnet"], False, "pgm"),
+    "fgfi": (["fgfi"], False, "pgm"),
+    "defeat": (["defeat"], False, "pgm"),
+    "defeat+prototypes": (["defeat"], True, "pgm"),
+    "rkd": (["rkd"], False, "pgm"),
+    "kd": (["kd"], False, "pgm"),
+    "kd+prototypes": (["kd"], True, "pgm"),
 }
 METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 
@@ -94,6 +100,8 @@ def main():
     p.add_argument("--num-val", type=int, default=300)
     p.add_argument("--image-size", type=int, default=160)
     p.add_argument("--output", default="output/quality")
+    p.add_argument("--teacher-weights", default="", help="a teacher already trained on this data (else trained here)")
+    p.add_argument("--workers", type=int, default=4, help="DATALOADER.NUM_WORKERS")
     args = p.parse_args()
     setup_logger()
     setup_logger(name="gkd_d2")
@@ -101,7 +109,7 @@ def main():
     teacher_yaml, student_yaml, gkd_yaml = CONFIGS[args.detector]
     out = os.path.join(args.output, args.detector)
     common = [
-        "MODEL.DEVICE", args.device, "DATALOADER.NUM_WORKERS", "4",
+        "MODEL.DEVICE", args.device, "DATALOADER.NUM_WORKERS", str(args.workers),
         "DATASETS.SYNTHETIC.ROOT", os.path.join(args.output, "data"),
         "DATASETS.SYNTHETIC.NUM_TRAIN", str(args.num_train), "DATASETS.SYNTHETIC.NUM_VAL", str(args.num_val),
         "DATASETS.SYNTHETIC.IMAGE_SIZE", str(args.image_size),
@@ -113,14 +121,21 @@ def main():
             "train_images": args.num_train, "val_images": args.num_val, "image_size": args.image_size}
 
     teacher_dir = os.path.join(out, "teacher")
-    teacher_w = os.path.join(teacher_dir, "model_final.pth")
+    teacher_w = args.teacher_weights or os.path.join(teacher_dir, "model_final.pth")
     cfg = load_cfg(teacher_yaml, common + schedule(args.teacher_iters, args.ims_per_batch, args.lr) + ["OUTPUT_DIR", teacher_dir])
     register_datasets_from_cfg(cfg)
-    if "teacher" in args.methods or not os.path.isfile(teacher_w):
+    if not os.path.isfile(teacher_w):
         seed_all_rng(0)
         ap, sec = train_eval(cfg)
         save({**base, "method": "teacher", "seed": 0, "iters": args.teacher_iters, "train_s": sec, **ap}, path)
         print("teacher", ap, f"{sec:.0f}s", flush=True)
+    elif "teacher" in args.methods:  # a finished teacher: evaluate it for its row
+        model = DistillTrainer.build_model(cfg)
+        DistillationCheckpointer(model).load(teacher_w)
+        bbox = DistillTrainer.test(cfg, model)["bbox"]
+        ap = {k: float(bbox[k]) for k in METRICS}
+        save({**base, "method": "teacher", "seed": 0, "iters": args.teacher_iters, "weights": teacher_w, **ap}, path)
+        print("teacher", ap, flush=True)
     for seed in args.seeds:
         for method in [m for m in args.methods if m != "teacher"]:
             run_dir = os.path.join(out, f"{method}_s{seed}")
@@ -128,8 +143,9 @@ def main():
             if method == "student":
                 cfg = load_cfg(student_yaml, opts)
             else:
-                knowledge, pgm = METHODS[method]
-                cfg = load_cfg(gkd_yaml, opts + ["DISTILL.TEACHER.WEIGHTS", teacher_w, "DISTILL.PGM.ENABLED", str(pgm)])
+                knowledge, pgm, selection = METHODS[method]
+                cfg = load_cfg(gkd_yaml, opts + ["DISTILL.TEACHER.WEIGHTS", teacher_w, "DISTILL.PGM.ENABLED", str(pgm),
+                                                 "DISTILL.PGM.SELECTION", selection])
                 cfg.DISTILL.KNOWLEDGE = knowledge
             seed_all_rng(seed)
             ap, sec = train_eval(cfg)

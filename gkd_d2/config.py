@@ -75,6 +75,9 @@ def add_distill_config(cfg):
     _C.DISTILL.PGM.BATCH_SIZE = 4  # images per extraction batch (per process)
     # Dataset the instances are sampled from; empty = DATASETS.TRAIN.
     _C.DISTILL.PGM.DATASETS = []
+    # How the prototypes are chosen: "pgm" (the paper's PGM), or the baselines of its Table 6:
+    # "kmeans", "random", "ambiguous" (the smallest instances). gkd_d2/prototypes/selection.py
+    _C.DISTILL.PGM.SELECTION = "pgm"
 
     # Visualisation of the prototypes and robust weights (gkd_d2/visualization.py).
     _C.DISTILL.VIS = CN()
@@ -117,9 +120,12 @@ def validate_distill_config(cfg):
         ("PERIOD", p.PERIOD >= 0, "must be >= 1 iteration, or 0 for one epoch of DATASETS.TRAIN"),
         ("BATCH_SIZE", p.BATCH_SIZE >= 1, "must be >= 1"),
     ]
+    from .prototypes.selection import SELECTIONS
+
+    rules.append(("SELECTION", p.SELECTION in SELECTIONS, f"choose one of {list(SELECTIONS)}"))
     for key, ok, fix in rules:
         if not ok:
-            raise ValueError(f"DISTILL.PGM.{key}={p[key]}: {fix}.")
+            raise ValueError(f"DISTILL.PGM.{key}={p[key]!r}: {fix}.")
     for key in ("OVERLAY_IMAGES", "OVERLAY_PERIOD"):
         if cfg.DISTILL.VIS[key] < 0:
             raise ValueError(f"DISTILL.VIS.{key}={cfg.DISTILL.VIS[key]}: must be >= 0 (0 = off).")

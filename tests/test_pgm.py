@@ -143,3 +143,50 @@ def test_bad_inputs_are_named():
     bad[2, 1] = float("nan")
     with pytest.raises(ValueError, match="feats_student contains NaN"):
         generate_prototypes(torch.randn(5, 3), bad)
+
+
+# ----------------------------------------------------------------------------- Table 6 baselines
+def test_random_selection_is_seeded_and_unique():
+    from gkd_d2.prototypes.selection import select_prototypes
+
+    x = torch.randn(50, 8)
+    args = dict(num_prototypes=10, alpha=10.0, sigma=0.1, quantile=0.4)
+    a = select_prototypes("random", x, x, torch.ones(50), seed=3, **args)
+    b = select_prototypes("random", x, x, torch.ones(50), seed=3, **args)
+    c = select_prototypes("random", x, x, torch.ones(50), seed=4, **args)
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    assert len(a) == 10 and len(set(a.tolist())) == 10 and int(a.max()) < 50
+
+
+def test_ambiguous_selection_takes_the_smallest_instances():
+    from gkd_d2.prototypes.selection import select_prototypes
+
+    areas = torch.tensor([900, 25, 400, 16, 10000, 36])
+    x = torch.randn(6, 4)
+    chosen = select_prototypes("ambiguous", x, x, areas, 3, 10.0, 0.1, 0.4)
+    assert chosen.tolist() == [3, 1, 5]
+
+
+def test_kmeans_selection_takes_one_instance_near_each_cluster_centre():
+    from gkd_d2.prototypes.selection import select_prototypes
+
+    g = torch.Generator().manual_seed(0)
+    centres = torch.eye(3, 6) * 10  # three well separated directions
+    x = torch.cat([c + 0.3 * torch.randn(20, 6, generator=g) for c in centres])
+    chosen = select_prototypes("kmeans", x, x, torch.ones(60), 3, 10.0, 0.1, 0.4)
+    assert sorted((chosen // 20).tolist()) == [0, 1, 2]  # one per cluster
+    xn = torch.nn.functional.normalize(x, dim=1)
+    for i in chosen.tolist():  # each is the instance nearest its cluster's mean
+        members = xn[(i // 20) * 20 : (i // 20) * 20 + 20]
+        j = torch.cdist(members.mean(0, keepdim=True), members).argmin()
+        assert (i // 20) * 20 + int(j) == i
+
+
+def test_unknown_selection_names_the_option(rcnn_teacher):
+    from detectron2.modeling import build_model
+    from helpers import distill_cfg
+
+    cfg = distill_cfg(rcnn_teacher)
+    cfg.DISTILL.PGM.SELECTION = "dbscan"
+    with pytest.raises(ValueError, match=r"DISTILL.PGM.SELECTION='dbscan': choose one of"):
+        build_model(cfg)

@@ -21,7 +21,7 @@ from detectron2.engine import HookBase
 from detectron2.utils import comm
 
 from .instances import ImageInstances, extract_features, sample_instances
-from .pgm import generate_prototypes
+from .selection import SELECTIONS, select_prototypes
 
 logger = logging.getLogger(__name__)
 
@@ -61,8 +61,13 @@ class PrototypeGenerator:
         self.num_prototypes = int(p.NUM_PROTOTYPES)
         self.alpha, self.sigma, self.quantile = float(p.ALPHA), float(p.SIGMA), float(p.QUANTILE)
         self.batch_size = int(p.BATCH_SIZE)
+        self.selection, self.seed = str(p.SELECTION), int(p.SEED)
+        if self.selection not in SELECTIONS:
+            raise ValueError(
+                f"DISTILL.PGM.SELECTION='{self.selection}': choose one of {list(SELECTIONS)}."
+            )
         self._records: Optional[List[ImageInstances]] = None
-        self._meta = None  # (N, 3) long: class, image id, annotation index (all processes)
+        self._meta = None  # (N, 4) long: class, image id, annotation index, box area (all processes)
         self._teacher_feats = None  # (L, N, D_T) gathered, cached
 
     def _extract(self, model, fn, records):
@@ -96,10 +101,18 @@ class PrototypeGenerator:
         bounds = np.linspace(0, len(records), world + 1).astype(int)
         self._records = records[bounds[rank] : bounds[rank + 1]]
         meta = [
-            np.stack([r.classes, np.full(len(r.classes), r.image_id), r.ann_index], axis=1)
+            np.stack(
+                [
+                    r.classes,
+                    np.full(len(r.classes), r.image_id),
+                    r.ann_index,
+                    np.round((r.boxes[:, 2] - r.boxes[:, 0]) * (r.boxes[:, 3] - r.boxes[:, 1])),
+                ],
+                axis=1,
+            )
             for r in self._records
         ]
-        meta = torch.as_tensor(np.concatenate(meta) if meta else np.zeros((0, 3))).long()
+        meta = torch.as_tensor(np.concatenate(meta) if meta else np.zeros((0, 4))).long()
         self._meta = _gather_cat(meta[None])[0]
         self._teacher_feats = _gather_cat(
             self._extract(model, model.teacher_features, self._records)
@@ -165,15 +178,18 @@ class PrototypeGenerator:
         for level in range(feats_t.shape[0]):
             for c in torch.unique(classes).tolist():
                 rows = torch.nonzero(classes == c).flatten()
-                chosen = generate_prototypes(
+                chosen = select_prototypes(
+                    self.selection,
                     feats_t[level, rows].to(device),
                     feats_s[level, rows].to(device),
+                    self._meta[rows, 3],
                     num_prototypes=self.num_prototypes,
                     alpha=self.alpha,
                     sigma=self.sigma,
                     quantile=self.quantile,
+                    seed=self.seed + 1000 * level + c,
                 )
-                selection[(level, c)] = rows[chosen.cpu()]
+                selection[(level, c)] = rows[chosen]
         return selection
 
     def _fill(self, bank, feats_s, selection, iteration):
@@ -187,7 +203,7 @@ class PrototypeGenerator:
                 c,
                 self._teacher_feats[level, rows],
                 feats_s[level, rows],
-                self._meta[rows, 1:],
+                self._meta[rows, 1:3],
             )
         bank.last_refresh_iter.fill_(iteration)
 
