@@ -78,7 +78,8 @@ def train_and_evaluate(cfg, retrain):
         results = DistillTrainer.test(cfg, model)
     else:
         trainer = DistillTrainer(cfg)
-        results = trainer.train()  # ends with Detectron2's evaluation on DATASETS.TEST
+        trainer.train()  # Detectron2's EvalHook evaluates DATASETS.TEST after the last step
+        results = trainer._last_eval_results
         model = trainer.model
     bbox = results["bbox"]  # one test dataset: DefaultTrainer.test returns its results
     net = model.student if hasattr(model, "student") else model
