@@ -254,6 +254,11 @@ class DistillationDetector(nn.Module):
         images = self.teacher.preprocess_image(batched_inputs)
         return self.teacher.backbone(images.tensor)
 
+    def student_features(self, batched_inputs) -> Dict[str, torch.Tensor]:
+        """The student's raw FPN features of the batch (its own preprocessing)."""
+        images = self.student.preprocess_image(batched_inputs)
+        return self.student.backbone(images.tensor)
+
     def pool_instances(self, features, gt: GroundTruth) -> torch.Tensor:
         """(G, D): GT boxes ROIAligned 7x7 at their assigned level, averaged over space."""
         maps = [features[f] for f in self.instance_levels]

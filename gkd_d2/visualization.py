@@ -38,7 +38,7 @@ from .prototypes.instances import (
     ImageInstances,
     extract_features,
     load_test_inputs,
-    sample_instances,
+    sample_instances_from_cfg,
 )
 from .prototypes.refresh import unwrap_model
 from .structures import GroundTruth
@@ -91,23 +91,11 @@ def sampled_instance_features(cfg, model, dataset_dicts: Sequence[dict]) -> Inst
     its features are computed and goes back to its previous mode."""
     model = unwrap_model(model)
     p = cfg.DISTILL.PGM
-    records = sample_instances(
-        dataset_dicts,
-        model.num_classes,
-        int(p.MAX_SAMPLES),
-        float(p.MIN_SIZE),
-        int(p.SEED),
-        cfg.INPUT.MIN_SIZE_TEST,
-        cfg.INPUT.MAX_SIZE_TEST,
-    )
+    records = sample_instances_from_cfg(cfg, dataset_dicts, model.num_classes)
     student = model.student
     was_training = student.training
     student.eval()
     try:
-
-        def student_fn(inputs):
-            return student.backbone(student.preprocess_image(inputs).tensor)
-
         args = (
             model.instance_levels,
             model.strides,
@@ -117,7 +105,7 @@ def sampled_instance_features(cfg, model, dataset_dicts: Sequence[dict]) -> Inst
             int(p.BATCH_SIZE),
         )
         feats_t = extract_features(records, model.teacher_features, *args)
-        feats_s = extract_features(records, student_fn, *args)
+        feats_s = extract_features(records, model.student_features, *args)
     finally:
         student.train(was_training)
 
@@ -637,8 +625,7 @@ def image_robust_weights(
         was_training = student.training
         student.eval()
         try:
-            feats_s = student.backbone(student.preprocess_image(inputs).tensor)
-            inst_s = model.pool_instances(feats_s, gt)
+            inst_s = model.pool_instances(model.student_features(inputs), gt)
             inst_t = model.pool_instances(model.teacher_features(inputs), gt)
         finally:
             student.train(was_training)

@@ -92,6 +92,21 @@ def sample_instances(
     return records
 
 
+def sample_instances_from_cfg(cfg, dataset_dicts: Sequence[dict], num_classes: int) -> List[ImageInstances]:
+    """:func:`sample_instances` with ``DISTILL.PGM.MAX_SAMPLES / MIN_SIZE / SEED`` and the
+    test-time input size of ``cfg``."""
+    p = cfg.DISTILL.PGM
+    return sample_instances(
+        dataset_dicts,
+        num_classes,
+        int(p.MAX_SAMPLES),
+        float(p.MIN_SIZE),
+        int(p.SEED),
+        cfg.INPUT.MIN_SIZE_TEST,
+        cfg.INPUT.MAX_SIZE_TEST,
+    )
+
+
 def load_test_inputs(records: Sequence[ImageInstances], image_format, short_edge, max_size):
     """Detectron2 model inputs (test-time resize) and the transformed boxes of each record."""
     resize = T.ResizeShortestEdge(short_edge, max_size)

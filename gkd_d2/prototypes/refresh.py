@@ -20,7 +20,7 @@ from detectron2.data import DatasetCatalog
 from detectron2.engine import HookBase
 from detectron2.utils import comm
 
-from .instances import ImageInstances, extract_features, sample_instances
+from .instances import ImageInstances, extract_features, sample_instances_from_cfg
 from .selection import SELECTIONS, select_prototypes
 
 logger = logging.getLogger(__name__)
@@ -85,16 +85,8 @@ class PrototypeGenerator:
 
     def _prepare(self, model):
         """Sample (same on every process), take this process's share, cache teacher features."""
-        p, cfg = self.cfg.DISTILL.PGM, self.cfg
-        records = sample_instances(
-            self.dataset_dicts,
-            model.num_classes,
-            int(p.MAX_SAMPLES),
-            float(p.MIN_SIZE),
-            int(p.SEED),
-            cfg.INPUT.MIN_SIZE_TEST,
-            cfg.INPUT.MAX_SIZE_TEST,
-        )
+        p = self.cfg.DISTILL.PGM
+        records = sample_instances_from_cfg(self.cfg, self.dataset_dicts, model.num_classes)
         # Contiguous shares: gathering them in rank order restores the sampling order, so the
         # selection does not depend on the number of processes.
         rank, world = comm.get_rank(), comm.get_world_size()
@@ -134,12 +126,7 @@ class PrototypeGenerator:
         try:
             if self._records is None:
                 self._prepare(model)
-            student = model.student
-
-            def student_fn(inputs):
-                return student.backbone(student.preprocess_image(inputs).tensor)
-
-            feats_s = _gather_cat(self._extract(model, student_fn, self._records))
+            feats_s = _gather_cat(self._extract(model, model.student_features, self._records))
             if not torch.isfinite(feats_s).all():
                 raise FloatingPointError(
                     f"PGM refresh at iteration {iteration}: the student's FPN features are NaN "
