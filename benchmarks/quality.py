@@ -102,6 +102,8 @@ def main():
     p.add_argument("--output", default="output/quality")
     p.add_argument("--teacher-weights", default="", help="a teacher already trained on this data (else trained here)")
     p.add_argument("--workers", type=int, default=4, help="DATALOADER.NUM_WORKERS")
+    p.add_argument("--opts", nargs="*", default=[], help="KEY VALUE overrides of the distillation runs")
+    p.add_argument("--tag", default="", help="appended to the method name of the records (with --opts)")
     args = p.parse_args()
     setup_logger()
     setup_logger(name="gkd_d2")
@@ -138,7 +140,7 @@ def main():
         print("teacher", ap, flush=True)
     for seed in args.seeds:
         for method in [m for m in args.methods if m != "teacher"]:
-            run_dir = os.path.join(out, f"{method}_s{seed}")
+            run_dir = os.path.join(out, f"{method}{args.tag if method != 'student' else ''}_s{seed}")
             opts = common + schedule(args.iters, args.ims_per_batch, args.lr) + ["OUTPUT_DIR", run_dir, "SEED", str(seed)]
             if method == "student":
                 cfg = load_cfg(student_yaml, opts)
@@ -147,10 +149,13 @@ def main():
                 cfg = load_cfg(gkd_yaml, opts + ["DISTILL.TEACHER.WEIGHTS", teacher_w, "DISTILL.PGM.ENABLED", str(pgm),
                                                  "DISTILL.PGM.SELECTION", selection])
                 cfg.DISTILL.KNOWLEDGE = knowledge
+                cfg.merge_from_list(list(args.opts))
+            name = method if method == "student" else method + args.tag
             seed_all_rng(seed)
             ap, sec = train_eval(cfg)
-            save({**base, "method": method, "seed": seed, "iters": args.iters, "train_s": sec, **ap}, path)
-            print(method, seed, ap, f"{sec:.0f}s", flush=True)
+            record = {**base, "method": name, "seed": seed, "iters": args.iters, "train_s": sec, **ap}
+            save({**record, "opts": list(args.opts)} if args.opts and method != "student" else record, path)
+            print(name, seed, ap, f"{sec:.0f}s", flush=True)
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ Reads ``quality.json`` (records of :mod:`quality`), ``speed.json`` (:mod:`bench_
 import collections
 import glob
 import json
+import math
 import os
 import statistics
 
@@ -25,8 +26,11 @@ def load(name):
 
 
 def mean_spread(values):
+    values = [v for v in values if not math.isnan(v)]
+    if not values:
+        return "nan"  # e.g. APl: no large object in the validation set
     m = statistics.fmean(values)
-    return f"{m:.1f} ± {statistics.pstdev(values):.1f}" if len(values) > 1 else f"{m:.1f}"
+    return f"{m:.2f} ± {statistics.pstdev(values):.2f}" if len(values) > 1 else f"{m:.2f}"
 
 
 def quality_section(records):
@@ -127,37 +131,44 @@ def speed_section(speed):
     return lines
 
 
-def pgm_section():
-    lines = ["## PGM: inner-product formulation vs the direct candidates x D x N formula (`bench_pgm.py`)", ""]
-    files = sorted(glob.glob(os.path.join(RESULTS, "pgm_*.json")))
+def json_table(title, pattern, header, row):
+    """A section with one table row per results file matching ``pattern`` (``row(record)``)."""
+    lines = [title, ""]
+    files = sorted(glob.glob(os.path.join(RESULTS, pattern)))
     if not files:
         return lines + ["No results yet.", ""]
-    lines += ["| device | N | D | candidates | K | gkd_d2 (s) | direct (s) | speed-up | peak MiB (gkd_d2 / direct) | memory ratio | same indices | date |", "|---" * 12 + "|"]
-    for path in files:
-        r = json.load(open(path))
-        lines.append(
-            f"| {r['hardware']} ({r['device']}) | {r['N']} | {r['D']} | {r['candidates']} | {r['K']} | "
-            f"{r['time_gkd_d2_s']:.4f} | {r['time_reference_s']:.4f} | {r['speedup']:.0f}x | "
-            f"{r['peak_mem_gkd_d2_MiB']:.0f} / {r['peak_mem_reference_MiB']:.0f} | {r['memory_ratio']:.0f}x | "
-            f"{r['indices_identical']} | {r['date']} |"
-        )
+    lines += ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
+    lines += ["| " + " | ".join(map(str, row(json.load(open(f))))) + " |" for f in files]
     return lines + [""]
+
+
+def pgm_section():
+    return json_table(
+        "## PGM: inner-product formulation vs the direct candidates x D x N formula (`bench_pgm.py`)",
+        "pgm_*.json",
+        ["device", "N", "D", "candidates", "K", "gkd_d2 (s)", "direct (s)", "speed-up",
+         "peak MiB (gkd_d2 / direct)", "memory ratio", "same indices", "date"],
+        lambda r: [
+            f"{r['hardware']} ({r['device']})", r["N"], r["D"], r["candidates"], r["K"],
+            f"{r['time_gkd_d2_s']:.4f}", f"{r['time_reference_s']:.4f}", f"{r['speedup']:.0f}x",
+            f"{r['peak_mem_gkd_d2_MiB']:.0f} / {r['peak_mem_reference_MiB']:.0f}",
+            f"{r['memory_ratio']:.0f}x", r["indices_identical"], r["date"],
+        ],
+    )
 
 
 def refresh_section():
-    lines = ["## Prototype refresh, demo configuration (`bench_refresh.py`)", ""]
-    files = sorted(glob.glob(os.path.join(RESULTS, "refresh_*.json")))
-    if not files:
-        return lines + ["No results yet.", ""]
-    lines += ["| detector | device | images | instances | prototypes | first refresh (s) | cached teacher (s) | cache speed-up | date |", "|---" * 9 + "|"]
-    for path in files:
-        r = json.load(open(path))
-        lines.append(
-            f"| {r['detector']} | {r['hardware']} ({r['device']}) | {r['train_images']} | {r['instances']} | "
-            f"{r['prototypes']} | {r['first_refresh_s (teacher + student features, PGM)']} | "
-            f"{r['cached_refresh_s (student features, PGM)']} | {r['teacher_cache_speedup']}x | {r['date']} |"
-        )
-    return lines + [""]
+    return json_table(
+        "## Prototype refresh, demo configuration (`bench_refresh.py`)",
+        "refresh_*.json",
+        ["detector", "device", "images", "instances", "prototypes", "first refresh (s)",
+         "cached teacher (s)", "cache speed-up", "date"],
+        lambda r: [
+            r["detector"], f"{r['hardware']} ({r['device']})", r["train_images"], r["instances"],
+            r["prototypes"], r["first_refresh_s (teacher + student features, PGM)"],
+            r["cached_refresh_s (student features, PGM)"], f"{r['teacher_cache_speedup']}x", r["date"],
+        ],
+    )
 
 
 COMMANDS = """## Reproducing

@@ -61,10 +61,10 @@ class DistillTrainer(DefaultTrainer):
             proposal_files=cfg.DATASETS.PROPOSAL_FILES_TRAIN if cfg.MODEL.LOAD_PROPOSALS else None,
         )
         sampler = ResumableTrainingSampler(len(dataset))
-        # seed: the loader draws its workers' base seed from its own generator, not from the
-        # global torch generator that RNGState restores on --resume
+        # seed: the loader draws its workers' base seed from its own generator (distinct per
+        # process), not from the global torch generator that RNGState restores on --resume
         loader = build_detection_train_loader(
-            cfg, dataset=dataset, sampler=sampler, seed=sampler.state_dict()["seed"]
+            cfg, dataset=dataset, sampler=sampler, seed=sampler.state_dict()["seed"] + comm.get_rank()
         )
         loader.resumable_sampler = sampler
         return loader
