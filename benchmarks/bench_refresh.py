@@ -14,7 +14,6 @@ import json
 import os
 import sys
 import tempfile
-import time
 
 import torch
 from detectron2.checkpoint import DetectionCheckpointer

@@ -1,10 +1,8 @@
 """Checkpoints: round trip with prototypes, model-zoo .pkl teachers/students, atomic saves."""
-import os
 import pickle
 
 import pytest
 import torch
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.modeling import build_model
 from detectron2.utils.events import EventStorage
 from helpers import distill_cfg, make_batch, tiny_cfg

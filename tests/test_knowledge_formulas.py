@@ -3,7 +3,6 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from gkd_d2.knowledge.feature import decoupled_feature_loss
 from gkd_d2.knowledge.global_knowledge import (

@@ -1,5 +1,4 @@
 """The comparison methods: exact values, zero where the formula says so, gradients, errors."""
-import math
 
 import pytest
 import torch
