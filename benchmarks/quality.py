@@ -12,6 +12,7 @@ every row and seed with the same schedule. Each row appends a record
 ``benchmarks/results/quality.json`` (replacing an older record of the same row).
 """
 import argparse
+import fcntl
 import json
 import logging
 import os
@@ -79,11 +80,17 @@ def train_eval(cfg):
 
 
 def save(record, path):
-    records = json.load(open(path)) if os.path.isfile(path) else []
+    """Add ``record`` to the json list at ``path``, replacing the same row; safe for several
+    quality.py processes sharing one results file (an exclusive lock around read-modify-write,
+    and the new list renamed into place)."""
     key = lambda r: (r["detector"], r["method"], r["seed"], r["device"])  # noqa: E731
-    records = [r for r in records if key(r) != key(record)] + [record]
-    with open(path, "w") as f:
-        json.dump(records, f, indent=1)
+    with open(path + ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        records = json.load(open(path)) if os.path.isfile(path) else []
+        records = [r for r in records if key(r) != key(record)] + [record]
+        with open(path + ".tmp", "w") as f:
+            json.dump(records, f, indent=1)
+        os.replace(path + ".tmp", path)
 
 
 def main():
