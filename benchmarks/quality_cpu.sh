@@ -28,9 +28,9 @@ case "$table" in
   retinanet-resp0.02)
     exec "$PY" benchmarks/quality.py --detector retinanet "${SCALE[@]}" --seeds 0 1 \
       --methods gkd response --opts DISTILL.RESPONSE.WEIGHT 0.02 --tag=-resp0.02 "$@" ;;
-  prototypes)
+  prototypes)  # its PGM row is gkd-resp0.02, from the retinanet-resp0.02 table
     exec "$PY" benchmarks/quality.py --detector retinanet "${SCALE[@]}" --seeds 0 1 \
-      --methods gkd gkd-kmeans gkd-random gkd-ambiguous --opts DISTILL.RESPONSE.WEIGHT 0.02 --tag=-resp0.02 "$@" ;;
+      --methods gkd-kmeans gkd-random gkd-ambiguous --opts DISTILL.RESPONSE.WEIGHT 0.02 --tag=-resp0.02 "$@" ;;
   *)
     echo "quality_cpu.sh: unknown table '$table' (faster_rcnn, retinanet, retinanet-resp0.02, prototypes)" >&2
     exit 2 ;;

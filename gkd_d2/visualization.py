@@ -36,7 +36,7 @@ from detectron2.utils import comm
 from .knowledge.global_knowledge import prototype_coefficients, robust_weights
 from .prototypes.instances import (
     ImageInstances,
-    extract_features,
+    extract_features_from_cfg,
     load_test_inputs,
     sample_instances_from_cfg,
 )
@@ -90,22 +90,13 @@ def sampled_instance_features(cfg, model, dataset_dicts: Sequence[dict]) -> Inst
     transform) and pool them at every level in both models. The student is in eval mode while
     its features are computed and goes back to its previous mode."""
     model = unwrap_model(model)
-    p = cfg.DISTILL.PGM
     records = sample_instances_from_cfg(cfg, dataset_dicts, model.num_classes)
     student = model.student
     was_training = student.training
     student.eval()
     try:
-        args = (
-            model.instance_levels,
-            model.strides,
-            cfg.INPUT.FORMAT,
-            cfg.INPUT.MIN_SIZE_TEST,
-            cfg.INPUT.MAX_SIZE_TEST,
-            int(p.BATCH_SIZE),
-        )
-        feats_t = extract_features(records, model.teacher_features, *args)
-        feats_s = extract_features(records, model.student_features, *args)
+        feats_t = extract_features_from_cfg(cfg, model, model.teacher_features, records)
+        feats_s = extract_features_from_cfg(cfg, model, model.student_features, records)
     finally:
         student.train(was_training)
 

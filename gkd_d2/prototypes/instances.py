@@ -107,6 +107,21 @@ def sample_instances_from_cfg(cfg, dataset_dicts: Sequence[dict], num_classes: i
     )
 
 
+def extract_features_from_cfg(cfg, model, features_fn, records: Sequence[ImageInstances]) -> torch.Tensor:
+    """:func:`extract_features` at ``model``'s instance levels and strides, with the input format,
+    test-time size and ``DISTILL.PGM.BATCH_SIZE`` of ``cfg``. (L, N, D) on CPU."""
+    return extract_features(
+        records,
+        features_fn,
+        model.instance_levels,
+        model.strides,
+        cfg.INPUT.FORMAT,
+        cfg.INPUT.MIN_SIZE_TEST,
+        cfg.INPUT.MAX_SIZE_TEST,
+        int(cfg.DISTILL.PGM.BATCH_SIZE),
+    )
+
+
 def load_test_inputs(records: Sequence[ImageInstances], image_format, short_edge, max_size):
     """Detectron2 model inputs (test-time resize) and the transformed boxes of each record."""
     resize = T.ResizeShortestEdge(short_edge, max_size)

@@ -20,7 +20,7 @@ from detectron2.data import DatasetCatalog
 from detectron2.engine import HookBase
 from detectron2.utils import comm
 
-from .instances import ImageInstances, extract_features, sample_instances_from_cfg
+from .instances import ImageInstances, extract_features_from_cfg, sample_instances_from_cfg
 from .selection import SELECTIONS, select_prototypes
 
 logger = logging.getLogger(__name__)
@@ -60,7 +60,6 @@ class PrototypeGenerator:
         self.dataset_dicts = dataset_dicts if dataset_dicts is not None else training_dicts(cfg)
         self.num_prototypes = int(p.NUM_PROTOTYPES)
         self.alpha, self.sigma, self.quantile = float(p.ALPHA), float(p.SIGMA), float(p.QUANTILE)
-        self.batch_size = int(p.BATCH_SIZE)
         self.selection, self.seed = str(p.SELECTION), int(p.SEED)
         if self.selection not in SELECTIONS:
             raise ValueError(
@@ -69,19 +68,6 @@ class PrototypeGenerator:
         self._records: Optional[List[ImageInstances]] = None
         self._meta = None  # (N, 4) long: class, image id, annotation index, box area (all processes)
         self._teacher_feats = None  # (L, N, D_T) gathered, cached
-
-    def _extract(self, model, fn, records):
-        cfg = self.cfg
-        return extract_features(
-            records,
-            fn,
-            model.instance_levels,
-            model.strides,
-            cfg.INPUT.FORMAT,
-            cfg.INPUT.MIN_SIZE_TEST,
-            cfg.INPUT.MAX_SIZE_TEST,
-            self.batch_size,
-        )
 
     def _prepare(self, model):
         """Sample (same on every process), take this process's share, cache teacher features."""
@@ -107,7 +93,7 @@ class PrototypeGenerator:
         meta = torch.as_tensor(np.concatenate(meta) if meta else np.zeros((0, 4))).long()
         self._meta = _gather_cat(meta[None])[0]
         self._teacher_feats = _gather_cat(
-            self._extract(model, model.teacher_features, self._records)
+            extract_features_from_cfg(self.cfg, model, model.teacher_features, self._records)
         )
         n_cls = np.bincount(self._meta[:, 0].numpy(), minlength=model.num_classes)
         for c in np.flatnonzero(n_cls == 0):
@@ -126,7 +112,7 @@ class PrototypeGenerator:
         try:
             if self._records is None:
                 self._prepare(model)
-            feats_s = _gather_cat(self._extract(model, model.student_features, self._records))
+            feats_s = _gather_cat(extract_features_from_cfg(self.cfg, model, model.student_features, self._records))
             if not torch.isfinite(feats_s).all():
                 raise FloatingPointError(
                     f"PGM refresh at iteration {iteration}: the student's FPN features are NaN "
