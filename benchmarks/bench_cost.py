@@ -1,10 +1,13 @@
 #!/usr/bin/env python
 """What distillation costs: step time per knowledge term, memory, inference speed, size.
 
-    python benchmarks/bench_cost.py [--device cuda] [--iters 10]
+    python benchmarks/bench_cost.py [--device cuda] [--iters 10] [--scale demo|coco]
 
-In one run, on the demo configurations (teacher ResNet-34 FPN-128, student ResNet-18 FPN-64,
-160 px synthetic images, batch 4; random weights: timing does not depend on them):
+In one run, on the demo configurations (``--scale demo``: teacher ResNet-34 FPN-128, student
+ResNet-18 FPN-64, 160 px synthetic images, batch 4) or on the paper's COCO configurations
+(``--scale coco``: teacher ResNet-101 FPN-256 of the model zoo, student ResNet-50 FPN-256, 80
+classes, two 800 px images per step as in the 8-GPU schedule's per-GPU batch, the full method
+and each of its terms only); random weights, since timing does not depend on them:
 
 - ``student``: the student's own training step (forward + backward + SGD step);
 - ``teacher_fwd``: one teacher backbone forward (what every term needs);
@@ -20,8 +23,8 @@ In one run, on the demo configurations (teacher ResNet-34 FPN-128, student ResNe
   and parameter counts of teacher and student.
 
 Steps are timed interleaved (round robin) and the median is reported. Results go to
-``benchmarks/results/speed.json`` under the device kind (``cpu``, ``cuda``), replacing an
-older entry of the same kind.
+``benchmarks/results/speed.json`` under the device kind (``cpu``, ``cuda``; ``cpu-coco``,
+``cuda-coco`` at COCO scale), replacing an older entry of the same key.
 """
 import argparse
 import json
@@ -33,6 +36,7 @@ import tempfile
 import time
 
 import torch
+from detectron2 import model_zoo
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.modeling import build_model
 from detectron2.utils.events import EventStorage
@@ -50,6 +54,17 @@ TERMS = {
     "faster_rcnn": [["feature", "response", "global"], ["feature"], ["response"], ["global"], ["chen_cls", "chen_reg", "chen_hint"], ["fitnet"], ["fgfi"], ["defeat"], ["rkd"], ["kd"]],
     "retinanet": [["feature", "response", "global"], ["feature"], ["response"], ["global"], ["chen_hint"], ["fitnet"], ["fgfi"], ["defeat"], ["rkd"]],
 }
+COCO = {  # teacher and student configs of the model zoo, and this project's COCO distillation config
+    "faster_rcnn": ("COCO-Detection/faster_rcnn_R_101_FPN_3x.yaml", "COCO-Detection/faster_rcnn_R_50_FPN_3x.yaml", "configs/COCO/gkd_faster_rcnn_R101_to_R50_FPN_2x.yaml"),
+    "retinanet": ("COCO-Detection/retinanet_R_101_FPN_3x.yaml", "COCO-Detection/retinanet_R_50_FPN_3x.yaml", "configs/COCO/gkd_retinanet_R101_to_R50_FPN_2x.yaml"),
+}
+SCALES = {
+    # configs, terms timed, (GT boxes per image as (count, first class)), image size, description
+    "demo": (DEMO, TERMS, ((6, 0), (4, 1), (5, 2), (3, 0)), 160,
+             "Demo configurations (teacher ResNet-34 FPN-128, student ResNet-18 FPN-64)"),
+    "coco": (COCO, {d: TERMS[d][:4] for d in TERMS}, ((6, 0), (4, 1)), 800,
+             "COCO configurations (teacher ResNet-101 FPN, student ResNet-50 FPN, 80 classes)"),
+}
 
 
 def sync(device):
@@ -57,13 +72,13 @@ def sync(device):
         torch.cuda.synchronize()
 
 
-def batch_on(size=160):
-    return make_batch(((6, 0), (4, 1), (5, 2), (3, 0)), size=size, seed=1)
+def batch_on(scale):
+    _, _, boxes, size, _ = SCALES[scale]
+    return make_batch(boxes, size=size, seed=1)
 
 
-def step_fn(model, device):
+def step_fn(model, data):
     opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-9)
-    data = batch_on()
 
     def step():
         with EventStorage(0):
@@ -128,25 +143,35 @@ def peak_memory(fn, device):
     return (torch.cuda.max_memory_allocated() - resident) / 2**20
 
 
-def cpu_peak_memory(detector, device):
+def cpu_peak_memory(detector, device, scale):
     """Peak-memory figures of one CPU step with and without distillation, measured in a child
     process whose glibc returns large freed blocks to the system (fixed mmap threshold), so
     each step's peak RSS is its own. Timing runs without that setting (it slows allocation)."""
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
-    cmd = [sys.executable, os.path.abspath(__file__), "--memory-only", "--device", device, "--detectors", detector]
+    cmd = [sys.executable, os.path.abspath(__file__), "--memory-only", "--device", device, "--detectors", detector,
+           "--scale", scale]
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True).stdout
     return json.loads(out.strip().splitlines()[-1])
 
 
-def bench(detector, device, iters, memory_only=False):
-    teacher_yaml, student_yaml, gkd_yaml = DEMO[detector]
+def zoo_or_project_cfg(path, opts):
+    """A model-zoo config ("COCO-Detection/...") or one of this project's configs."""
+    if os.path.isfile(path):
+        return load_cfg(path, opts)
+    return load_cfg(model_zoo.get_config_file(path), opts)
+
+
+def bench(detector, device, iters, scale="demo", memory_only=False):
+    configs, terms_timed, _, size, _ = SCALES[scale]
+    teacher_yaml, student_yaml, gkd_yaml = configs[detector]
+    data = batch_on(scale)
     tmp = tempfile.mkdtemp()
-    tcfg = load_cfg(teacher_yaml, ["MODEL.DEVICE", device])
+    tcfg = zoo_or_project_cfg(teacher_yaml, ["MODEL.DEVICE", device])
     DetectionCheckpointer(build_model(tcfg), save_dir=tmp).save("teacher")
-    student = build_model(load_cfg(student_yaml, ["MODEL.DEVICE", device])).train()
-    fns = {"student": step_fn(student, device)}
+    student = build_model(zoo_or_project_cfg(student_yaml, ["MODEL.DEVICE", device])).train()
+    fns = {"student": step_fn(student, data)}
     wrappers = {}
-    for terms in TERMS[detector]:
+    for terms in terms_timed[detector]:
         name = "+".join(terms)
         cfg = load_cfg(gkd_yaml, ["MODEL.DEVICE", device, "DISTILL.TEACHER.WEIGHTS", os.path.join(tmp, "teacher.pth")])
         cfg.DISTILL.KNOWLEDGE = terms
@@ -154,9 +179,8 @@ def bench(detector, device, iters, memory_only=False):
         model.student.load_state_dict(student.state_dict())
         fill_prototypes(model, device)
         wrappers[name] = model
-        fns[f"wrapper[{name}]"] = step_fn(model, device)
+        fns[f"wrapper[{name}]"] = step_fn(model, data)
     any_wrapper = next(iter(wrappers.values()))
-    data = batch_on()
     full = "feature+response+global"
     if memory_only:  # one warm-up step each (one-time allocations), then the measured step
         fns["student"]()
@@ -166,7 +190,7 @@ def bench(detector, device, iters, memory_only=False):
             "distillation_step": peak_memory(fns[f"wrapper[{full}]"], device),
         }
     fns["teacher_fwd"] = lambda: any_wrapper.teacher_features(data)
-    eval_batch = [{"image": x["image"], "height": 160, "width": 160} for x in data]
+    eval_batch = [{"image": x["image"], "height": size, "width": size} for x in data]
     teacher = any_wrapper.teacher
     if detector == "retinanet":
         fns["teacher_full_fwd"] = lambda: teacher(eval_batch)
@@ -193,7 +217,7 @@ def bench(detector, device, iters, memory_only=False):
             "distillation_step": peak_memory(fns[f"wrapper[{full}]"], device),
         }
     else:
-        result["peak_memory_MiB"] = cpu_peak_memory(detector, device)
+        result["peak_memory_MiB"] = cpu_peak_memory(detector, device, scale)
     student.eval()
     with torch.no_grad():
         inf = timed({"teacher": lambda: teacher(eval_batch), "student": lambda: student(eval_batch)}, iters, device)
@@ -210,19 +234,24 @@ def main():
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--iters", type=int, default=10)
     parser.add_argument("--detectors", nargs="+", default=sorted(DEMO))
+    parser.add_argument("--scale", choices=sorted(SCALES), default="demo")
     parser.add_argument("--memory-only", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.memory_only:
-        print(json.dumps(bench(args.detectors[0], args.device, 0, memory_only=True)))
+        print(json.dumps(bench(args.detectors[0], args.device, 0, args.scale, memory_only=True)))
         return
-    out = {**machine(args.device), "batch": "4 images, 160 px, 3-6 GT boxes each", "iters": args.iters}
+    _, _, boxes, size, description = SCALES[args.scale]
+    counts = [n for n, _ in boxes]
+    out = {**machine(args.device), "models": description, "iters": args.iters,
+           "batch": f"{len(boxes)} images, {size} px, {min(counts)}-{max(counts)} GT boxes each"}
     for d in args.detectors:
-        out[d] = bench(d, args.device, args.iters)
+        out[d] = bench(d, args.device, args.iters, args.scale)
         print(d, json.dumps(out[d], indent=1), flush=True)
     os.makedirs(RESULTS, exist_ok=True)
     path = os.path.join(RESULTS, "speed.json")  # {device kind: figures}, one entry per device
     results = json.load(open(path)) if os.path.isfile(path) else {}
-    results[args.device.split(":")[0]] = out
+    kind = args.device.split(":")[0]
+    results[kind if args.scale == "demo" else f"{kind}-{args.scale}"] = out
     with open(path, "w") as f:
         json.dump(results, f, indent=2)
     print("wrote", path)

@@ -110,6 +110,8 @@ def main():
     p.add_argument("--teacher-weights", default="", help="a teacher already trained on this data (else trained here)")
     p.add_argument("--workers", type=int, default=4, help="DATALOADER.NUM_WORKERS")
     p.add_argument("--opts", nargs="*", default=[], help="KEY VALUE overrides of the distillation runs")
+    p.add_argument("--results", default=os.path.join(RESULTS, "quality.json"),
+                   help="the json list the records go to (another file for a separate experiment)")
     p.add_argument("--tag", default="", help="appended to the method name of the records (with --opts)")
     args = p.parse_args()
     setup_logger()
@@ -123,8 +125,8 @@ def main():
         "DATASETS.SYNTHETIC.NUM_TRAIN", str(args.num_train), "DATASETS.SYNTHETIC.NUM_VAL", str(args.num_val),
         "DATASETS.SYNTHETIC.IMAGE_SIZE", str(args.image_size),
     ]
-    path = os.path.join(RESULTS, "quality.json")
-    os.makedirs(RESULTS, exist_ok=True)
+    path = args.results
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     info = machine(args.device)
     base = {"detector": args.detector, "device": info["hardware"], "date": info["date"],
             "train_images": args.num_train, "val_images": args.num_val, "image_size": args.image_size}
