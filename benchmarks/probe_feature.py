@@ -13,7 +13,6 @@ negative). For a trained run of ``benchmarks/quality.py`` this measures, on vali
 
     python benchmarks/probe_feature.py --detector faster_rcnn --runs feature_s0 gkd_s0
 """
-import argparse
 import json
 import os
 import sys
@@ -22,11 +21,8 @@ import torch
 from detectron2.data import DatasetCatalog
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import RESULTS, load_cfg, machine  # noqa: E402
-from quality import CONFIGS  # noqa: E402
+from probe_common import probe_model, probe_parser, run_state, write_probe  # noqa: E402
 
-from gkd_d2 import DistillTrainer  # noqa: E402
-from gkd_d2.data.builtin import register_datasets_from_cfg  # noqa: E402
 from gkd_d2.prototypes.instances import load_test_inputs, sample_instances  # noqa: E402
 
 
@@ -45,35 +41,16 @@ def feature_floor(model, inputs):
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--detector", choices=sorted(CONFIGS), default="faster_rcnn")
-    p.add_argument("--runs", nargs="+", required=True, help="run folders under output/quality/<detector> (with the feature term)")
-    p.add_argument("--output", default="output/quality")
+    p = probe_parser(__doc__)
     p.add_argument("--images", type=int, default=64, help="validation images used")
-    p.add_argument("--num-train", type=int, default=2000)
-    p.add_argument("--num-val", type=int, default=200)
-    p.add_argument("--image-size", type=int, default=160)
     args = p.parse_args()
-    torch.set_grad_enabled(False)
-    out = os.path.join(args.output, args.detector)
-    cfg = load_cfg(
-        CONFIGS[args.detector][2],
-        [
-            "MODEL.DEVICE", "cpu", "DATASETS.SYNTHETIC.ROOT", os.path.join(args.output, "data"),
-            "DATASETS.SYNTHETIC.NUM_TRAIN", str(args.num_train), "DATASETS.SYNTHETIC.NUM_VAL", str(args.num_val),
-            "DATASETS.SYNTHETIC.IMAGE_SIZE", str(args.image_size),
-            "DISTILL.TEACHER.WEIGHTS", os.path.join(out, "teacher", "model_final.pth"), "DISTILL.PGM.ENABLED", "False",
-        ],
-    )
-    cfg.DISTILL.KNOWLEDGE = ["feature"]
-    register_datasets_from_cfg(cfg)
-    model = DistillTrainer.build_model(cfg).eval()
+    cfg, model = probe_model(args, ["feature"], prototypes=False)
     val = DatasetCatalog.get(cfg.DATASETS.TEST[0])[: args.images]
     records = sample_instances(val, model.num_classes, 10**9, 0.0, 0, cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST)
     inputs, _ = load_test_inputs(records, cfg.INPUT.FORMAT, cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST)
     rows = []
     for run in args.runs:
-        state = torch.load(os.path.join(out, run, "model_final.pth"), map_location="cpu", weights_only=False)["model"]
+        state = run_state(args, run)
         keep = {k: v for k, v in state.items() if k.startswith(("student.", "knowledge.feature."))}
         missing = model.load_state_dict(keep, strict=False).missing_keys
         if any(k.startswith(("student.", "knowledge.feature.")) for k in missing):
@@ -88,10 +65,7 @@ def main():
                          "teacher_negative": float(neg / n)}
         rows.append(row)
         print(json.dumps(row), flush=True)
-    path = os.path.join(RESULTS, f"probe_feature_{args.detector}.json")
-    with open(path, "w") as f:
-        json.dump({"machine": machine("cpu"), "images": len(inputs), "rows": rows}, f, indent=1)
-    print("wrote", path)
+    write_probe("probe_feature", args, {"images": len(inputs), "rows": rows})
 
 
 if __name__ == "__main__":

@@ -27,8 +27,6 @@ teacher's global knowledge is worth having at this scale.
 
     python benchmarks/probe_global.py --detector faster_rcnn --runs student_s0 global_s0 response_s0
 """
-import argparse
-import json
 import os
 import sys
 
@@ -40,11 +38,8 @@ from detectron2.modeling.poolers import assign_boxes_to_levels
 from detectron2.structures import Boxes
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import RESULTS, load_cfg, machine  # noqa: E402
-from quality import CONFIGS  # noqa: E402
+from probe_common import probe_model, probe_parser, run_state, write_probe  # noqa: E402
 
-from gkd_d2 import DistillTrainer  # noqa: E402
-from gkd_d2.data.builtin import register_datasets_from_cfg  # noqa: E402
 from gkd_d2.knowledge.global_knowledge import global_knowledge_loss, robust_weights  # noqa: E402
 from gkd_d2.prototypes.instances import load_test_inputs, sample_instances  # noqa: E402
 from gkd_d2.prototypes.refresh import PrototypeGenerator  # noqa: E402
@@ -145,29 +140,8 @@ def global_term(bank, x_t, x_s, levels, classes):
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--detector", choices=sorted(CONFIGS), default="faster_rcnn")
-    p.add_argument("--runs", nargs="+", required=True, help="run folders under output/quality/<detector>")
-    p.add_argument("--output", default="output/quality")
-    p.add_argument("--num-train", type=int, default=2000)
-    p.add_argument("--num-val", type=int, default=200)
-    p.add_argument("--image-size", type=int, default=160)
-    args = p.parse_args()
-    torch.set_grad_enabled(False)
-    out = os.path.join(args.output, args.detector)
-    teacher_w = os.path.join(out, "teacher", "model_final.pth")
-    cfg = load_cfg(
-        CONFIGS[args.detector][2],
-        [
-            "MODEL.DEVICE", "cpu", "DATASETS.SYNTHETIC.ROOT", os.path.join(args.output, "data"),
-            "DATASETS.SYNTHETIC.NUM_TRAIN", str(args.num_train), "DATASETS.SYNTHETIC.NUM_VAL", str(args.num_val),
-            "DATASETS.SYNTHETIC.IMAGE_SIZE", str(args.image_size), "DISTILL.TEACHER.WEIGHTS", teacher_w,
-            "DISTILL.PGM.ENABLED", "True",
-        ],
-    )
-    cfg.DISTILL.KNOWLEDGE = ["global"]
-    register_datasets_from_cfg(cfg)
-    model = DistillTrainer.build_model(cfg).eval()
+    args = probe_parser(__doc__).parse_args()
+    cfg, model = probe_model(args, ["global"], prototypes=True)
     num_classes = model.num_classes
 
     # Every validation GT instance (no size filter), at its assigned level.
@@ -189,7 +163,7 @@ def main():
 
     refresher = PrototypeGenerator(cfg)
     for run in args.runs:
-        state = torch.load(os.path.join(out, run, "model_final.pth"), map_location="cpu", weights_only=False)["model"]
+        state = run_state(args, run)
         student = {k[len("student."):]: v for k, v in state.items() if k.startswith("student.")} or state
         model.student.load_state_dict(student)
         s_views = instance_views(cfg, model, model.student, model.student_features, records)
@@ -211,10 +185,7 @@ def main():
         })
         rows.append(row)
         print(row, flush=True)
-    path = os.path.join(RESULTS, f"probe_global_{args.detector}.json")
-    with open(path, "w") as f:
-        json.dump({"machine": machine("cpu"), "instances": len(classes), "rows": rows}, f, indent=1)
-    print("wrote", path)
+    write_probe("probe_global", args, {"instances": len(classes), "rows": rows})
 
 
 if __name__ == "__main__":

@@ -2,12 +2,15 @@
 # The quality tables of benchmarks/RESULTS.md, one command per table, exactly as they were run
 # on the 2-core CPU machine (see benchmarks/NOTES.md for the scale and what it shows).
 #
-#   bash benchmarks/quality_cpu.sh faster_rcnn          # Faster R-CNN table (Tables 1, 3, 4)
-#   bash benchmarks/quality_cpu.sh retinanet            # RetinaNet table, paper's default weights
-#   bash benchmarks/quality_cpu.sh retinanet-resp0.02   # RetinaNet rows with lambda_resp = 0.02
+#   bash benchmarks/quality_cpu.sh faster_rcnn          # Faster R-CNN: Tables 1, 3 and 4
+#   bash benchmarks/quality_cpu.sh faster_rcnn-tests    #   tests of NOTES.md: lambda_feat 0.1, PGM period 100
+#   bash benchmarks/quality_cpu.sh faster_rcnn-teacher3600  # a teacher trained 3x longer
+#   bash benchmarks/quality_cpu.sh retinanet            # RetinaNet: Tables 2 and 4, paper's default weights
+#   bash benchmarks/quality_cpu.sh retinanet-resp0.02   #   rows with lambda_resp = 0.02
+#   bash benchmarks/quality_cpu.sh retinanet-tests      #   test of NOTES.md: PGM period 100
 #   bash benchmarks/quality_cpu.sh prototypes           # Table 6: prototype choice (RetinaNet)
 #
-# Extra arguments go to benchmarks/quality.py (e.g. --seeds 0 --methods student gkd, or
+# Extra arguments go to every benchmarks/quality.py call of the table (e.g. --seeds 0, or
 # --device cuda). Records land in benchmarks/results/quality.json (a finished row of the same
 # detector, method, seed and device is replaced); then `python benchmarks/report.py`. Each
 # detector's teacher is trained once, into output/quality/<detector>/teacher (the RetinaNet rows
@@ -16,22 +19,30 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
 SCALE=(--teacher-iters 1200 --iters 800 --ims-per-batch 4 --lr 0.01 --num-train 2000 --num-val 200 --workers 1)
-table=${1:?usage: quality_cpu.sh faster_rcnn|retinanet|retinanet-resp0.02|prototypes [quality.py args]}
+table=${1:?usage: quality_cpu.sh TABLE [quality.py args] (tables: see the head of this script)}
 shift
+q() { "$PY" benchmarks/quality.py "${SCALE[@]}" --seeds 0 1 "$@"; }
 case "$table" in
   faster_rcnn)
-    exec "$PY" benchmarks/quality.py --detector faster_rcnn "${SCALE[@]}" --seeds 0 1 \
-      --methods teacher student gkd defeat feature fitnet chen kd fgfi rkd response global "$@" ;;
+    q --detector faster_rcnn --methods teacher student gkd defeat feature fitnet chen kd fgfi rkd response global \
+      feature+global response+global feature+response defeat+prototypes kd+prototypes "$@" ;;
+  faster_rcnn-tests)
+    q --detector faster_rcnn --methods gkd --opts DISTILL.FEATURE.WEIGHT 0.1 --tag=-feat0.1 "$@"
+    q --detector faster_rcnn --methods global --opts DISTILL.PGM.PERIOD 100 --tag=-period100 "$@" ;;
+  faster_rcnn-teacher3600)  # student rows do not depend on the teacher: see the faster_rcnn table
+    mkdir -p output/quality_t3600 && ln -sfn ../quality/data output/quality_t3600/data
+    T=(--detector faster_rcnn --teacher-iters 3600 --output output/quality_t3600 --results benchmarks/results/quality_teacher3600.json)
+    q "${T[@]}" --methods teacher response global gkd "$@"
+    q "${T[@]}" --methods gkd --opts DISTILL.FEATURE.WEIGHT 0.1 --tag=-feat0.1 "$@" ;;
   retinanet)  # chen and kd are RoI methods: they refuse a RetinaNet teacher
-    exec "$PY" benchmarks/quality.py --detector retinanet "${SCALE[@]}" --seeds 0 1 \
-      --methods teacher student gkd defeat feature fitnet fgfi rkd global "$@" ;;
+    q --detector retinanet --methods teacher student gkd defeat feature fitnet fgfi rkd global defeat+prototypes "$@" ;;
   retinanet-resp0.02)
-    exec "$PY" benchmarks/quality.py --detector retinanet "${SCALE[@]}" --seeds 0 1 \
-      --methods gkd response --opts DISTILL.RESPONSE.WEIGHT 0.02 --tag=-resp0.02 "$@" ;;
+    q --detector retinanet --methods gkd response --opts DISTILL.RESPONSE.WEIGHT 0.02 --tag=-resp0.02 "$@" ;;
+  retinanet-tests)
+    q --detector retinanet --methods global --opts DISTILL.PGM.PERIOD 100 --tag=-period100 "$@" ;;
   prototypes)  # its PGM row is gkd-resp0.02, from the retinanet-resp0.02 table
-    exec "$PY" benchmarks/quality.py --detector retinanet "${SCALE[@]}" --seeds 0 1 \
-      --methods gkd-kmeans gkd-random gkd-ambiguous --opts DISTILL.RESPONSE.WEIGHT 0.02 --tag=-resp0.02 "$@" ;;
+    q --detector retinanet --methods gkd-kmeans gkd-random gkd-ambiguous --opts DISTILL.RESPONSE.WEIGHT 0.02 --tag=-resp0.02 "$@" ;;
   *)
-    echo "quality_cpu.sh: unknown table '$table' (faster_rcnn, retinanet, retinanet-resp0.02, prototypes)" >&2
+    echo "quality_cpu.sh: unknown table '$table' (see the head of this script for the list)" >&2
     exit 2 ;;
 esac

@@ -3,7 +3,8 @@
 
     python benchmarks/report.py
 
-Reads ``quality.json`` (records of :mod:`quality`), ``speed.json`` (:mod:`bench_cost`),
+Reads ``quality.json`` and ``quality_teacher3600.json`` (records of :mod:`quality`), the
+``probe_*.json`` of :mod:`probe_global` and :mod:`probe_feature`, ``speed.json`` (:mod:`bench_cost`),
 ``pgm_<device>.json`` (:mod:`bench_pgm`) and ``refresh_<detector>_<device>.json``
 (:mod:`bench_refresh`); every table says on what machine and when its figures were measured.
 """
@@ -33,8 +34,8 @@ def mean_spread(values):
     return f"{m:.2f} ± {statistics.pstdev(values):.2f}" if len(values) > 1 else f"{m:.2f}"
 
 
-def quality_section(records):
-    lines = ["## Quality (replica of Tables 1, 3, 4, 6)", ""]
+def quality_section(records, title="## Quality (replica of Tables 1, 3, 4, 6)", plot=True):
+    lines = [title, ""]
     if not records:
         return lines + ["No `quality.json` yet: run `benchmarks/quality.py` (see its docstring).", ""]
     groups = collections.defaultdict(list)
@@ -61,10 +62,59 @@ def quality_section(records):
             seeds = ",".join(str(r["seed"]) for r in sorted(rs, key=lambda r: r["seed"]))
             lines.append(f"| {method} | {seeds} | " + " | ".join(cells) + " |")
         lines.append("")
-    plot = plot_quality(by_table)
-    if plot:
-        lines += [f"![AP per method]({os.path.relpath(plot, os.path.dirname(OUT))})", ""]
+    path = plot_quality(by_table) if plot else None
+    if path:
+        lines += [f"![AP per method]({os.path.relpath(path, os.path.dirname(OUT))})", ""]
     return lines
+
+
+PROBE_GLOBAL_COLUMNS = (
+    ("ncm_mean", "NCM, pooled"), ("ncm_mean_pairs", "NCM, look-alike pairs"), ("ncm_spatial", "NCM, 7x7 cells"),
+    ("ncm_box_head", "NCM, box head"), ("cls_acc", "own classifier"), ("r_class", "r_class"),
+    ("r_colour", "r_colour"), ("rel_gap", "rel_gap"), ("global", "L_global, fresh prototypes"),
+    ("global_stored", "L_global, run's prototypes"), ("w", "mean w"),
+)
+
+
+def probe_sections():
+    """Tables of ``probe_global_<detector>.json`` and ``probe_feature_<detector>.json``."""
+    lines = []
+    for path in sorted(glob.glob(os.path.join(RESULTS, "probe_global_*.json"))):
+        d = json.load(open(path))
+        det = os.path.basename(path)[len("probe_global_"):-len(".json")]
+        cols = [(k, h) for k, h in PROBE_GLOBAL_COLUMNS if any(k in r for r in d["rows"])]
+        lines += [
+            f"### What the global term sees, {det} (`benchmarks/probe_global.py`)",
+            "",
+            f"{d['instances']} validation GT instances; {d['machine']['hardware']}, {d['machine']['date']}. "
+            "NCM = nearest-class-mean accuracy of the pooled instance features (chance 0.20).",
+            "",
+            "| run | " + " | ".join(h for _, h in cols) + " |",
+            "|---" * (len(cols) + 1) + "|",
+        ]
+        for r in d["rows"]:
+            lines.append(f"| {r['run']} | " + " | ".join(f"{r[k]:.3f}" if k in r else "" for k, _ in cols) + " |")
+        lines.append("")
+    for path in sorted(glob.glob(os.path.join(RESULTS, "probe_feature_*.json"))):
+        d = json.load(open(path))
+        det = os.path.basename(path)[len("probe_feature_"):-len(".json")]
+        levels = [k for k in d["rows"][0] if k != "run"]
+        lines += [
+            f"### Feature term: error a ReLU adapter cannot remove, {det} (`benchmarks/probe_feature.py`)",
+            "",
+            f"{d['images']} validation images; {d['machine']['hardware']}, {d['machine']['date']}. Per level: "
+            "mean squared error after training / share of it that is min(F_T, 0)^2 (teacher elements < 0: "
+            f"{statistics.fmean(d['rows'][0][lv]['teacher_negative'] for lv in levels):.0%}).",
+            "",
+            "| run | " + " | ".join(levels) + " |",
+            "|---" * (len(levels) + 1) + "|",
+        ]
+        for r in d["rows"]:
+            lines.append(
+                f"| {r['run']} | " + " | ".join(f"{r[lv]['mse']:.2f} / {r[lv]['floor_share']:.0%}" for lv in levels) + " |"
+            )
+        lines.append("")
+    return (["## Probes: why the global and feature terms do not transfer here", ""] + lines) if lines else []
 
 
 def plot_quality(by_table):
@@ -182,8 +232,11 @@ COMMANDS = """## Reproducing
 
 ```bash
 make bootstrap
-.venv/bin/python benchmarks/quality.py --detector retinanet --seeds 0 1 --methods teacher student gkd ...
-.venv/bin/python benchmarks/bench_cost.py            # --device cuda on a GPU
+bash benchmarks/quality_cpu.sh faster_rcnn          # one command per quality table:
+bash benchmarks/quality_cpu.sh faster_rcnn-tests    #   the list is at the head of quality_cpu.sh
+.venv/bin/python benchmarks/probe_global.py --detector faster_rcnn --runs student_s0 global_s0 ...
+.venv/bin/python benchmarks/probe_feature.py --detector faster_rcnn --runs feature_s0 gkd_s0 ...
+.venv/bin/python benchmarks/bench_cost.py            # --device cuda on a GPU; --scale coco
 .venv/bin/python benchmarks/bench_pgm.py             # --device cuda on a GPU
 .venv/bin/python benchmarks/bench_refresh.py --detector faster_rcnn
 .venv/bin/python benchmarks/report.py                # this file
@@ -202,6 +255,12 @@ def main():
     if os.path.isfile(notes):
         lines += open(notes).read().splitlines() + [""]
     lines += quality_section(load("quality.json"))
+    longer = load("quality_teacher3600.json")
+    if longer:
+        lines += quality_section(
+            longer, "## Quality with a teacher trained 3x longer (3600 iterations; students as above)", plot=False
+        )
+    lines += probe_sections()
     lines += speed_section(load("speed.json"))
     lines += pgm_section()
     lines += refresh_section()

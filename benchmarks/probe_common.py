@@ -1,0 +1,59 @@
+"""What the probes (``probe_global.py``, ``probe_feature.py``) share: their command line, the
+distillation model they load trained runs of ``quality.py`` into, and their results file."""
+import argparse
+import json
+import os
+
+import torch
+
+from common import RESULTS, load_cfg, machine
+from quality import CONFIGS
+
+from gkd_d2 import DistillTrainer
+from gkd_d2.data.builtin import register_datasets_from_cfg
+
+
+def probe_parser(doc):
+    """--detector, --runs and the replica's data options (as ``quality.py`` ran them)."""
+    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--detector", choices=sorted(CONFIGS), default="faster_rcnn")
+    p.add_argument("--runs", nargs="+", required=True, help="run folders under <output>/<detector>")
+    p.add_argument("--output", default="output/quality")
+    p.add_argument("--num-train", type=int, default=2000)
+    p.add_argument("--num-val", type=int, default=200)
+    p.add_argument("--image-size", type=int, default=160)
+    return p
+
+
+def probe_model(args, knowledge, prototypes: bool):
+    """(cfg, DistillationDetector in eval mode with the replica's teacher): the runs' students
+    and terms are loaded into it one after the other. Gradients are switched off."""
+    torch.set_grad_enabled(False)
+    out = os.path.join(args.output, args.detector)
+    cfg = load_cfg(
+        CONFIGS[args.detector][2],
+        [
+            "MODEL.DEVICE", "cpu", "DATASETS.SYNTHETIC.ROOT", os.path.join(args.output, "data"),
+            "DATASETS.SYNTHETIC.NUM_TRAIN", str(args.num_train), "DATASETS.SYNTHETIC.NUM_VAL", str(args.num_val),
+            "DATASETS.SYNTHETIC.IMAGE_SIZE", str(args.image_size),
+            "DISTILL.TEACHER.WEIGHTS", os.path.join(out, "teacher", "model_final.pth"),
+            "DISTILL.PGM.ENABLED", str(prototypes),
+        ],
+    )
+    cfg.DISTILL.KNOWLEDGE = list(knowledge)
+    register_datasets_from_cfg(cfg)
+    return cfg, DistillTrainer.build_model(cfg).eval()
+
+
+def run_state(args, run):
+    """The model state dict of a run's ``model_final.pth``."""
+    path = os.path.join(args.output, args.detector, run, "model_final.pth")
+    return torch.load(path, map_location="cpu", weights_only=False)["model"]
+
+
+def write_probe(name, args, payload):
+    """benchmarks/results/<name>_<detector>.json, with the machine and the date."""
+    path = os.path.join(RESULTS, f"{name}_{args.detector}.json")
+    with open(path, "w") as f:
+        json.dump({"machine": machine("cpu"), **payload}, f, indent=1)
+    print("wrote", path)
