@@ -102,9 +102,9 @@ def fill_prototypes(model, device):
             bank.last_refresh_iter.fill_(0)
 
 
-def timed(fns, iters, device):
+def timed(fns, iters, device, warmup=2):
     times = {k: [] for k in fns}
-    for _ in range(2):  # warm-up
+    for _ in range(warmup):
         for f in fns.values():
             f()
     for _ in range(iters):
@@ -196,7 +196,8 @@ def bench(detector, device, iters, scale="demo", memory_only=False):
         fns["teacher_full_fwd"] = lambda: teacher(eval_batch)
     else:
         fns["teacher_full_fwd"] = lambda: teacher.inference(eval_batch, do_postprocess=False)
-    times = timed(fns, iters, device)
+    warmup = 1 if scale == "coco" else 2  # a COCO-scale CPU step takes seconds
+    times = timed(fns, iters, device, warmup)
     result = {
         "student_step_s": times["student"],
         "teacher_fwd_s": times["teacher_fwd"],
@@ -220,7 +221,7 @@ def bench(detector, device, iters, scale="demo", memory_only=False):
         result["peak_memory_MiB"] = cpu_peak_memory(detector, device, scale)
     student.eval()
     with torch.no_grad():
-        inf = timed({"teacher": lambda: teacher(eval_batch), "student": lambda: student(eval_batch)}, iters, device)
+        inf = timed({"teacher": lambda: teacher(eval_batch), "student": lambda: student(eval_batch)}, iters, device, warmup)
     result["inference_s_per_image"] = {k: v / len(eval_batch) for k, v in inf.items()}
     result["params_M"] = {
         "teacher": sum(p.numel() for p in teacher.parameters()) / 1e6,
