@@ -38,6 +38,7 @@ import time
 import torch
 from detectron2 import model_zoo
 from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.layers import FrozenBatchNorm2d
 from detectron2.modeling import build_model
 from detectron2.utils.events import EventStorage
 
@@ -161,14 +162,25 @@ def zoo_or_project_cfg(path, opts):
     return load_cfg(model_zoo.get_config_file(path), opts)
 
 
+def tame_frozen_bn(model):
+    """Zero the scale of the last FrozenBN of every bottleneck block (zero-init residuals), so
+    that a randomly initialised ResNet-50/101 with the zoo's FrozenBN keeps finite activations
+    (unnormalised, they overflow to Inf by the last stage and Detectron2's RPN stops with
+    "Training has diverged"). The arithmetic per step is unchanged. Returns ``model``."""
+    for name, module in model.named_modules():
+        if name.endswith("conv3.norm") and isinstance(module, FrozenBatchNorm2d):
+            module.weight.zero_()
+    return model
+
+
 def bench(detector, device, iters, scale="demo", memory_only=False):
     configs, terms_timed, _, size, _ = SCALES[scale]
     teacher_yaml, student_yaml, gkd_yaml = configs[detector]
     data = batch_on(scale)
     tmp = tempfile.mkdtemp()
     tcfg = zoo_or_project_cfg(teacher_yaml, ["MODEL.DEVICE", device])
-    DetectionCheckpointer(build_model(tcfg), save_dir=tmp).save("teacher")
-    student = build_model(zoo_or_project_cfg(student_yaml, ["MODEL.DEVICE", device])).train()
+    DetectionCheckpointer(tame_frozen_bn(build_model(tcfg)), save_dir=tmp).save("teacher")
+    student = tame_frozen_bn(build_model(zoo_or_project_cfg(student_yaml, ["MODEL.DEVICE", device]))).train()
     fns = {"student": step_fn(student, data)}
     wrappers = {}
     for terms in terms_timed[detector]:

@@ -52,8 +52,11 @@ def run_state(args, run):
 
 
 def write_probe(name, args, payload):
-    """benchmarks/results/<name>_<detector>.json, with the machine and the date."""
-    path = os.path.join(RESULTS, f"{name}_{args.detector}.json")
+    """benchmarks/results/<name>_<detector>.json (``..._<detector>_<output folder>.json`` for
+    runs outside output/quality), with the machine and the date."""
+    folder = os.path.basename(os.path.normpath(args.output))
+    suffix = "" if folder == "quality" else f"_{folder}"
+    path = os.path.join(RESULTS, f"{name}_{args.detector}{suffix}.json")
     with open(path, "w") as f:
         json.dump({"machine": machine("cpu"), **payload}, f, indent=1)
     print("wrote", path)
