@@ -145,7 +145,7 @@ def speed_section(speed):
     lines = ["## Cost of distilling (`benchmarks/bench_cost.py`)", ""]
     if not speed:
         return lines + ["No `speed.json` yet.", ""]
-    for kind, s in sorted(speed.items()):
+    for kind, s in sorted(speed.items(), key=lambda kv: ("coco" in kv[0], kv[0])):
         lines += [
             f"### {kind}: {s['hardware']}, {s['cpu_threads']} threads, torch {s['torch']}, {s['date']}",
             "",
