@@ -33,7 +33,8 @@ case "$table" in
     mkdir -p output/quality_t3600 && ln -sfn ../quality/data output/quality_t3600/data
     T=(--detector faster_rcnn --teacher-iters 3600 --output output/quality_t3600 --results benchmarks/results/quality_teacher3600.json)
     q "${T[@]}" --methods teacher response global gkd "$@"
-    q "${T[@]}" --methods gkd --opts DISTILL.FEATURE.WEIGHT 0.1 --tag=-feat0.1 "$@" ;;
+    q "${T[@]}" --methods gkd --opts DISTILL.FEATURE.WEIGHT 0.1 --tag=-feat0.1 "$@"
+    q "${T[@]}" --methods global --opts DISTILL.PGM.PERIOD 100 --tag=-period100 "$@" ;;
   retinanet)  # chen and kd are RoI methods: they refuse a RetinaNet teacher
     q --detector retinanet --methods teacher student gkd defeat feature fitnet fgfi rkd global defeat+prototypes "$@" ;;
   retinanet-resp0.02)
