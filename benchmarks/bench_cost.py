@@ -36,7 +36,6 @@ import tempfile
 import time
 
 import torch
-from detectron2 import model_zoo
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.layers import FrozenBatchNorm2d
 from detectron2.modeling import build_model
@@ -44,8 +43,10 @@ from detectron2.utils.events import EventStorage
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests"))
-from common import RESULTS, load_cfg, machine  # noqa: E402
+from common import RESULTS, ROOT, load_cfg, machine  # noqa: E402
 from helpers import make_batch  # noqa: E402
+
+from gkd_d2.teacher import resolve_config_file  # noqa: E402
 
 DEMO = {
     "faster_rcnn": ("configs/Demo/teacher_faster_rcnn_R34_FPN.yaml", "configs/Demo/student_faster_rcnn_R18_FPN.yaml", "configs/Demo/gkd_faster_rcnn_R34_to_R18_FPN.yaml"),
@@ -156,10 +157,9 @@ def cpu_peak_memory(detector, device, scale):
 
 
 def zoo_or_project_cfg(path, opts):
-    """A model-zoo config ("COCO-Detection/...") or one of this project's configs."""
-    if os.path.isfile(path):
-        return load_cfg(path, opts)
-    return load_cfg(model_zoo.get_config_file(path), opts)
+    """One of this project's configs, or a model-zoo config ("COCO-Detection/...")."""
+    local = os.path.join(ROOT, path)
+    return load_cfg(local if os.path.isfile(local) else resolve_config_file(path), opts)
 
 
 def tame_frozen_bn(model):

@@ -9,8 +9,11 @@ import torch
 from common import RESULTS, load_cfg, machine
 from quality import CONFIGS
 
+from detectron2.data import DatasetCatalog
+
 from gkd_d2 import DistillTrainer
 from gkd_d2.data.builtin import register_datasets_from_cfg
+from gkd_d2.prototypes.instances import load_test_inputs, sample_instances
 
 
 def probe_parser(doc):
@@ -43,6 +46,15 @@ def probe_model(args, knowledge, prototypes: bool):
     cfg.DISTILL.KNOWLEDGE = list(knowledge)
     register_datasets_from_cfg(cfg)
     return cfg, DistillTrainer.build_model(cfg).eval()
+
+
+def validation_inputs(cfg, num_classes, images=None):
+    """Every GT instance (no size filter) of the first ``images`` validation images that have
+    one: (records, Detectron2 test-time inputs, boxes per image in input pixels)."""
+    val = DatasetCatalog.get(cfg.DATASETS.TEST[0])[:images]
+    records = sample_instances(val, num_classes, 10**9, 0.0, 0, cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST)
+    inputs, boxes = load_test_inputs(records, cfg.INPUT.FORMAT, cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST)
+    return records, inputs, boxes
 
 
 def run_state(args, run):

@@ -18,12 +18,9 @@ import os
 import sys
 
 import torch
-from detectron2.data import DatasetCatalog
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from probe_common import probe_model, probe_parser, run_state, write_probe  # noqa: E402
-
-from gkd_d2.prototypes.instances import load_test_inputs, sample_instances  # noqa: E402
+from probe_common import probe_model, probe_parser, run_state, validation_inputs, write_probe  # noqa: E402
 
 
 def feature_floor(model, inputs):
@@ -45,9 +42,7 @@ def main():
     p.add_argument("--images", type=int, default=64, help="validation images used")
     args = p.parse_args()
     cfg, model = probe_model(args, ["feature"], prototypes=False)
-    val = DatasetCatalog.get(cfg.DATASETS.TEST[0])[: args.images]
-    records = sample_instances(val, model.num_classes, 10**9, 0.0, 0, cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST)
-    inputs, _ = load_test_inputs(records, cfg.INPUT.FORMAT, cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST)
+    _, inputs, _ = validation_inputs(cfg, model.num_classes, args.images)
     rows = []
     for run in args.runs:
         state = run_state(args, run)

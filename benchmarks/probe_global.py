@@ -33,34 +33,30 @@ import sys
 import numpy as np
 import torch
 from PIL import Image
-from detectron2.data import DatasetCatalog
-from detectron2.modeling.poolers import assign_boxes_to_levels
 from detectron2.structures import Boxes
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from probe_common import probe_model, probe_parser, run_state, write_probe  # noqa: E402
+from probe_common import probe_model, probe_parser, run_state, validation_inputs, write_probe  # noqa: E402
 
 from gkd_d2.knowledge.global_knowledge import global_knowledge_loss, robust_weights  # noqa: E402
-from gkd_d2.prototypes.instances import load_test_inputs, sample_instances  # noqa: E402
 from gkd_d2.prototypes.refresh import PrototypeGenerator  # noqa: E402
+from gkd_d2.structures import GroundTruth  # noqa: E402
 
 PAIRS = ((0, 1), (2, 3))  # disc/ring, square/striped_square
 
 
-def instance_views(cfg, model, detector, features_fn, records):
-    """Three views of every instance, pooled at its assigned level (in record order):
+def instance_views(model, detector, features_fn, inputs, boxes, step):
+    """Three views of every instance, pooled at its assigned level (in input order):
     ``mean`` (N, D): 7x7 ROIAlign averaged over space, what the global term sees;
     ``spatial`` (N, D*49): the same 7x7 cells, not averaged;
     ``box_head`` (N, H): the detector's own box pooler + box head, and ``predicted`` (N,) its
     best foreground class for the GT box (two-stage detectors only).
+    ``inputs``: Detectron2 test-time inputs; ``boxes``: per image (k, 4) in input pixels.
     """
     views = {"mean": [], "spatial": [], "box_head": [], "predicted": []}
-    step = int(cfg.DISTILL.PGM.BATCH_SIZE)
-    for start in range(0, len(records), step):
-        inputs, boxes = load_test_inputs(records[start : start + step], cfg.INPUT.FORMAT,
-                                         cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST)
-        feats = features_fn(inputs)
-        box_lists = [Boxes(b) for b in boxes]
+    for start in range(0, len(inputs), step):
+        feats = features_fn(inputs[start : start + step])
+        box_lists = [Boxes(b) for b in boxes[start : start + step]]
         cells = model.instance_pooler([feats[f] for f in model.instance_levels], box_lists)
         views["mean"].append(cells.mean(dim=(2, 3)))
         views["spatial"].append(cells.flatten(1))
@@ -145,15 +141,14 @@ def main():
     num_classes = model.num_classes
 
     # Every validation GT instance (no size filter), at its assigned level.
-    val = DatasetCatalog.get(cfg.DATASETS.TEST[0])
-    records = sample_instances(val, num_classes, 10**9, 0.0, 0, cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST)
-    _, boxes = load_test_inputs(records, cfg.INPUT.FORMAT, cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST)
-    levels = assign_boxes_to_levels([Boxes(b) for b in boxes], model._min_level, model._max_level, 224, 4)
+    records, inputs, boxes = validation_inputs(cfg, num_classes)
+    levels = GroundTruth.levels_of([Boxes(b) for b in boxes], model._min_level, model._max_level)
+    step = int(cfg.DISTILL.PGM.BATCH_SIZE)
     classes = torch.as_tensor(np.concatenate([r.classes for r in records])).long()
     pair_mask = torch.zeros_like(classes, dtype=torch.bool)
     for a, b in PAIRS:
         pair_mask |= (classes == a) | (classes == b)
-    t_views = instance_views(cfg, model, model.teacher, model.teacher_features, records)
+    t_views = instance_views(model, model.teacher, model.teacher_features, inputs, boxes, step)
     x_t = t_views["mean"]
     colours = box_colours(records)
     rows = [{"run": "teacher", **class_knowledge(t_views, classes, num_classes, pair_mask),
@@ -166,7 +161,7 @@ def main():
         state = run_state(args, run)
         student = {k[len("student."):]: v for k, v in state.items() if k.startswith("student.")} or state
         model.student.load_state_dict(student)
-        s_views = instance_views(cfg, model, model.student, model.student_features, records)
+        s_views = instance_views(model, model.student, model.student_features, inputs, boxes, step)
         x_s = s_views["mean"]
         stored = {k[len("prototypes."):]: v for k, v in state.items() if k.startswith("prototypes.")}
         row = {"run": run}
@@ -176,7 +171,6 @@ def main():
         refresher.refresh(model, iteration=0)
         loss, w = global_term(model.prototypes, x_t, x_s, levels, classes)
         row.update({
-            "run": run,
             **class_knowledge(s_views, classes, num_classes, pair_mask),
             **geometry_correlations(x_s, classes, colours),
             "rel_gap": rel_gap(x_s, x_t, levels),
