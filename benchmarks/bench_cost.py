@@ -13,7 +13,8 @@ and each of its terms only); random weights, since timing does not depend on the
 - ``teacher_fwd``: one teacher backbone forward (what every term needs);
 - ``teacher_full_fwd``: one whole teacher forward, the teacher's own inference without
   post-processing (backbone + heads; RPN + box head for Faster R-CNN);
-- ``wrapper[<terms>]``: the distillation step with those knowledge terms;
+- ``wrapper[<terms>]``: the distillation step with those knowledge terms (``[adapter1x1]``:
+  with ``DISTILL.FEATURE.ADAPTER_KERNEL 1`` instead of the paper's 3x3 adapters);
 - ``kd_overhead``: (wrapper - student - teacher_fwd) / student step: everything the wrapper adds
   beyond the teacher's backbone, the teacher's heads on the student's RoIs / anchors included;
 - ``kd_overhead_vs_full_teacher``: (wrapper - student - teacher_full_fwd) / student step, the
@@ -52,10 +53,24 @@ DEMO = {
     "faster_rcnn": ("configs/Demo/teacher_faster_rcnn_R34_FPN.yaml", "configs/Demo/student_faster_rcnn_R18_FPN.yaml", "configs/Demo/gkd_faster_rcnn_R34_to_R18_FPN.yaml"),
     "retinanet": ("configs/Demo/teacher_retinanet_R34_FPN.yaml", "configs/Demo/student_retinanet_R18_FPN.yaml", "configs/Demo/gkd_retinanet_R34_to_R18_FPN.yaml"),
 }
+ADAPTER_1X1 = ["DISTILL.FEATURE.ADAPTER_KERNEL", "1"]  # the cheaper adapter option
+
+
+def timed_variants(term_lists, full_with_1x1=True):
+    """(name, terms, opts) of every wrapper timed: each term list with the yaml's options, and
+    the full method and the feature term again with 1x1 adapters (``[adapter1x1]``)."""
+    out = [("+".join(t), t, []) for t in term_lists]
+    if full_with_1x1:
+        out += [("+".join(t) + "[adapter1x1]", t, ADAPTER_1X1) for t in term_lists[:2]]
+    return out
+
+
+FULL = ["feature", "response", "global"]
 TERMS = {
-    "faster_rcnn": [["feature", "response", "global"], ["feature"], ["response"], ["global"], ["chen_cls", "chen_reg", "chen_hint"], ["fitnet"], ["fgfi"], ["defeat"], ["rkd"], ["kd"]],
-    "retinanet": [["feature", "response", "global"], ["feature"], ["response"], ["global"], ["chen_hint"], ["fitnet"], ["fgfi"], ["defeat"], ["rkd"]],
+    "faster_rcnn": timed_variants([FULL, ["feature"], ["response"], ["global"], ["chen_cls", "chen_reg", "chen_hint"], ["fitnet"], ["fgfi"], ["defeat"], ["rkd"], ["kd"]]),
+    "retinanet": timed_variants([FULL, ["feature"], ["response"], ["global"], ["chen_hint"], ["fitnet"], ["fgfi"], ["defeat"], ["rkd"]]),
 }
+COCO_TERMS = {d: timed_variants([FULL, ["feature"], ["response"], ["global"]]) for d in TERMS}
 COCO = {  # teacher and student configs of the model zoo, and this project's COCO distillation config
     "faster_rcnn": ("COCO-Detection/faster_rcnn_R_101_FPN_3x.yaml", "COCO-Detection/faster_rcnn_R_50_FPN_3x.yaml", "configs/COCO/gkd_faster_rcnn_R101_to_R50_FPN_2x.yaml"),
     "retinanet": ("COCO-Detection/retinanet_R_101_FPN_3x.yaml", "COCO-Detection/retinanet_R_50_FPN_3x.yaml", "configs/COCO/gkd_retinanet_R101_to_R50_FPN_2x.yaml"),
@@ -64,7 +79,7 @@ SCALES = {
     # configs, terms timed, (GT boxes per image as (count, first class)), image size, description
     "demo": (DEMO, TERMS, ((6, 0), (4, 1), (5, 2), (3, 0)), 160,
              "Demo configurations (teacher ResNet-34 FPN-128, student ResNet-18 FPN-64)"),
-    "coco": (COCO, {d: TERMS[d][:4] for d in TERMS}, ((6, 0), (4, 1)), 800,
+    "coco": (COCO, COCO_TERMS, ((6, 0), (4, 1)), 800,
              "COCO configurations (teacher ResNet-101 FPN, student ResNet-50 FPN, 80 classes)"),
 }
 
@@ -183,9 +198,8 @@ def bench(detector, device, iters, scale="demo", memory_only=False):
     student = tame_frozen_bn(build_model(zoo_or_project_cfg(student_yaml, ["MODEL.DEVICE", device]))).train()
     fns = {"student": step_fn(student, data)}
     wrappers = {}
-    for terms in terms_timed[detector]:
-        name = "+".join(terms)
-        cfg = load_cfg(gkd_yaml, ["MODEL.DEVICE", device, "DISTILL.TEACHER.WEIGHTS", os.path.join(tmp, "teacher.pth")])
+    for name, terms, opts in terms_timed[detector]:
+        cfg = load_cfg(gkd_yaml, ["MODEL.DEVICE", device, "DISTILL.TEACHER.WEIGHTS", os.path.join(tmp, "teacher.pth")] + opts)
         cfg.DISTILL.KNOWLEDGE = terms
         model = build_model(cfg).train()
         model.student.load_state_dict(student.state_dict())

@@ -5,9 +5,11 @@
 #   bash benchmarks/quality_cpu.sh faster_rcnn          # Faster R-CNN: Tables 1, 3 and 4
 #   bash benchmarks/quality_cpu.sh faster_rcnn-tests    #   tests of NOTES.md: lambda_feat 0.1, PGM period 100
 #   bash benchmarks/quality_cpu.sh faster_rcnn-teacher3600  # a teacher trained 3x longer
+#   bash benchmarks/quality_cpu.sh faster_rcnn-teacher3600-local  #   the local-knowledge rows with it
 #   bash benchmarks/quality_cpu.sh retinanet            # RetinaNet: Tables 2 and 4, paper's default weights
 #   bash benchmarks/quality_cpu.sh retinanet-resp0.02   #   rows with lambda_resp = 0.02
 #   bash benchmarks/quality_cpu.sh retinanet-tests      #   test of NOTES.md: PGM period 100
+#   bash benchmarks/quality_cpu.sh retinanet-teacher3600  # a RetinaNet teacher trained 3x longer
 #   bash benchmarks/quality_cpu.sh prototypes           # Table 6: prototype choice (RetinaNet)
 #
 # Extra arguments go to every benchmarks/quality.py call of the table (e.g. --seeds 0, or
@@ -21,7 +23,11 @@ PY=${PY:-.venv/bin/python}
 SCALE=(--teacher-iters 1200 --iters 800 --ims-per-batch 4 --lr 0.01 --num-train 2000 --num-val 200 --workers 1)
 table=${1:?usage: quality_cpu.sh TABLE [quality.py args] (tables: see the head of this script)}
 shift
+T3600=(--teacher-iters 3600 --output output/quality_t3600 --results benchmarks/results/quality_teacher3600.json)
 q() { "$PY" benchmarks/quality.py "${SCALE[@]}" --seeds 0 1 "$@"; }
+if [[ $table == *teacher3600* ]]; then  # same data as the other tables, its own teachers and rows
+  mkdir -p output/quality_t3600 && ln -sfn ../quality/data output/quality_t3600/data
+fi
 case "$table" in
   faster_rcnn)
     q --detector faster_rcnn --methods teacher student gkd defeat feature fitnet chen kd fgfi rkd response global \
@@ -30,17 +36,22 @@ case "$table" in
     q --detector faster_rcnn --methods gkd --opts DISTILL.FEATURE.WEIGHT 0.1 --tag=-feat0.1 "$@"
     q --detector faster_rcnn --methods global --opts DISTILL.PGM.PERIOD 100 --tag=-period100 "$@" ;;
   faster_rcnn-teacher3600)  # student rows do not depend on the teacher: see the faster_rcnn table
-    mkdir -p output/quality_t3600 && ln -sfn ../quality/data output/quality_t3600/data
-    T=(--detector faster_rcnn --teacher-iters 3600 --output output/quality_t3600 --results benchmarks/results/quality_teacher3600.json)
+    T=(--detector faster_rcnn "${T3600[@]}")
     q "${T[@]}" --methods teacher response global gkd "$@"
     q "${T[@]}" --methods gkd --opts DISTILL.FEATURE.WEIGHT 0.1 --tag=-feat0.1 "$@"
     q "${T[@]}" --methods global --opts DISTILL.PGM.PERIOD 100 --tag=-period100 "$@" ;;
+  faster_rcnn-teacher3600-local)  # kd is the response row's loss (bit-identical APs, faster_rcnn table)
+    q "${T3600[@]}" --detector faster_rcnn --methods chen defeat fitnet fgfi rkd "$@" ;;
   retinanet)  # chen and kd are RoI methods: they refuse a RetinaNet teacher
     q --detector retinanet --methods teacher student gkd defeat feature fitnet fgfi rkd global defeat+prototypes "$@" ;;
   retinanet-resp0.02)
     q --detector retinanet --methods gkd response --opts DISTILL.RESPONSE.WEIGHT 0.02 --tag=-resp0.02 "$@" ;;
   retinanet-tests)
     q --detector retinanet --methods global --opts DISTILL.PGM.PERIOD 100 --tag=-period100 "$@" ;;
+  retinanet-teacher3600)
+    q "${T3600[@]}" --detector retinanet --methods teacher "$@"
+    q "${T3600[@]}" --detector retinanet --methods gkd response --opts DISTILL.RESPONSE.WEIGHT 0.02 --tag=-resp0.02 "$@"
+    q "${T3600[@]}" --detector retinanet --methods defeat gkd "$@" ;;
   prototypes)  # its PGM row is gkd-resp0.02, from the retinanet-resp0.02 table
     q --detector retinanet --methods gkd-kmeans gkd-random gkd-ambiguous --opts DISTILL.RESPONSE.WEIGHT 0.02 --tag=-resp0.02 "$@" ;;
   *)

@@ -48,6 +48,9 @@ def add_distill_config(cfg):
     _C.DISTILL.FEATURE.WEIGHT = 1.0  # lambda_feat
     _C.DISTILL.FEATURE.GAMMA_FG = 1.0
     _C.DISTILL.FEATURE.GAMMA_BG = 4.0
+    # Kernel size of the adaptation conv (odd). The paper's is 3; 1 costs 9x less arithmetic,
+    # which is most of the feature term's cost at COCO scale (benchmarks/RESULTS.md, "Cost").
+    _C.DISTILL.FEATURE.ADAPTER_KERNEL = 3
     # FPN levels to imitate; empty = every level both backbones output.
     _C.DISTILL.FEATURE.IN_FEATURES = []
 

@@ -216,3 +216,31 @@ def test_bad_pgm_options_name_the_option(rcnn_teacher, key, value, message):
     cfg.DISTILL.PGM[key] = value
     with pytest.raises(ValueError, match=message):
         build_model(cfg)
+
+
+@pytest.mark.parametrize("kernel", [1, 3])
+def test_feature_adapter_kernel_option(rcnn_teacher, kernel):
+    cfg = distill_cfg(rcnn_teacher)
+    cfg.DISTILL.KNOWLEDGE = ["feature"]
+    cfg.DISTILL.FEATURE.ADAPTER_KERNEL = kernel
+    model = build_model(cfg)
+    adapters = model.knowledge["feature"].adapters
+    assert set(adapters) == set(model.feature_levels)
+    for conv, _relu in adapters.values():
+        assert conv.kernel_size == (kernel, kernel) and conv.padding == (kernel // 2, kernel // 2)
+    # The 1x1 adapter is the pointwise linear map + ReLU of the student's features.
+    conv, _ = adapters["p3"]
+    x = torch.randn(2, conv.in_channels, 5, 7)
+    y = adapters["p3"](x)
+    if kernel == 1:
+        expected = torch.relu(torch.einsum("oc,bchw->bohw", conv.weight[:, :, 0, 0], x) + conv.bias[None, :, None, None])
+        assert torch.allclose(y, expected, atol=1e-5)
+    assert y.shape == (2, conv.out_channels, 5, 7)
+
+
+@pytest.mark.parametrize("value", [0, 2, -1])
+def test_bad_adapter_kernel_names_the_option(rcnn_teacher, value):
+    cfg = distill_cfg(rcnn_teacher)
+    cfg.DISTILL.FEATURE.ADAPTER_KERNEL = value
+    with pytest.raises(ValueError, match=rf"DISTILL.FEATURE.ADAPTER_KERNEL={value}: .* odd positive integer"):
+        build_model(cfg)

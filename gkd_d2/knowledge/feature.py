@@ -1,6 +1,7 @@
 """Local feature knowledge (paper Eq. 7): decoupled foreground/background imitation.
 
-Per FPN level l, an adaptation ``A_l`` (3x3 conv D_S -> D_T + ReLU) maps the student map to the
+Per FPN level l, an adaptation ``A_l`` (3x3 conv D_S -> D_T + ReLU; the kernel size is
+``DISTILL.FEATURE.ADAPTER_KERNEL``) maps the student map to the
 teacher's width; with ``E = (F_T - A_l(F_S))^2`` per element and the foreground mask ``M_l``
 (largest robust weight of the GT boxes assigned to l covering a cell) broadcast over the
 channels::
@@ -35,6 +36,16 @@ def build_adapters(spec, kernel_size: int, relu: bool, levels=None) -> nn.Module
         nn.init.zeros_(conv.bias)
         adapters[name] = nn.Sequential(conv, nn.ReLU()) if relu else conv
     return adapters
+
+
+def adapter_kernel(value) -> int:
+    """DISTILL.FEATURE.ADAPTER_KERNEL: an odd positive int, so the adapter keeps the map size."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1 or value % 2 == 0:
+        raise ValueError(
+            f"DISTILL.FEATURE.ADAPTER_KERNEL={value!r}: the adapter's kernel size must be an odd "
+            "positive integer (3 as in the paper, or 1), so that it keeps the feature map's size."
+        )
+    return value
 
 
 def decoupled_feature_loss(
@@ -86,7 +97,7 @@ class FeatureKnowledge(KnowledgeTerm):
         self.levels = list(spec.feature_levels)
         self.instance_levels = list(spec.instance_levels)
         self.use_robust_weights = bool(cfg.DISTILL.ROBUST_WEIGHTS)
-        self.adapters = build_adapters(spec, kernel_size=3, relu=True)
+        self.adapters = build_adapters(spec, kernel_size=adapter_kernel(c.ADAPTER_KERNEL), relu=True)
 
     def forward(self, batch, prototypes=None):
         weights = batch.gt_weights if self.use_robust_weights else torch.ones_like(batch.gt_weights)
