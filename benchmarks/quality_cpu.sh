@@ -6,6 +6,7 @@
 #   bash benchmarks/quality_cpu.sh faster_rcnn-tests    #   tests of NOTES.md: lambda_feat 0.1, PGM period 100
 #   bash benchmarks/quality_cpu.sh faster_rcnn-teacher3600  # a teacher trained 3x longer
 #   bash benchmarks/quality_cpu.sh faster_rcnn-teacher3600-local  #   the local-knowledge rows with it
+#   bash benchmarks/quality_cpu.sh faster_rcnn-teacher3600-tests  #   attenuation, 1x1 adapters
 #   bash benchmarks/quality_cpu.sh retinanet            # RetinaNet: Tables 2 and 4, paper's default weights
 #   bash benchmarks/quality_cpu.sh retinanet-resp0.02   #   rows with lambda_resp = 0.02
 #   bash benchmarks/quality_cpu.sh retinanet-tests      #   test of NOTES.md: PGM period 100
@@ -42,6 +43,9 @@ case "$table" in
     q "${T[@]}" --methods global --opts DISTILL.PGM.PERIOD 100 --tag=-period100 "$@" ;;
   faster_rcnn-teacher3600-local)  # kd is the response row's loss (bit-identical APs, faster_rcnn table)
     q "${T3600[@]}" --detector faster_rcnn --methods chen defeat fitnet fgfi rkd "$@" ;;
+  faster_rcnn-teacher3600-tests)  # the paper's release attenuates; 1x1 adapters are the cheap option
+    q "${T3600[@]}" --detector faster_rcnn --methods gkd --opts DISTILL.ATTENUATION True --tag=-atten "$@"
+    q "${T3600[@]}" --detector faster_rcnn --methods gkd --opts DISTILL.FEATURE.ADAPTER_KERNEL 1 --tag=-adapter1x1 "$@" ;;
   retinanet)  # chen and kd are RoI methods: they refuse a RetinaNet teacher
     q --detector retinanet --methods teacher student gkd defeat feature fitnet fgfi rkd global defeat+prototypes "$@" ;;
   retinanet-resp0.02)
