@@ -12,6 +12,7 @@
 #   bash benchmarks/quality_cpu.sh retinanet-tests      #   test of NOTES.md: PGM period 100
 #   bash benchmarks/quality_cpu.sh retinanet-teacher3600  # a RetinaNet teacher trained 3x longer
 #   bash benchmarks/quality_cpu.sh retinanet-teacher3600-local  #   the other local rows with it
+#   bash benchmarks/quality_cpu.sh retinanet-teacher3600-global  #   global knowledge alone with it
 #   bash benchmarks/quality_cpu.sh prototypes           # Table 6: prototype choice (RetinaNet)
 #
 # Extra arguments go to every benchmarks/quality.py call of the table (e.g. --seeds 0, or
@@ -59,6 +60,8 @@ case "$table" in
     q "${T3600[@]}" --detector retinanet --methods defeat gkd "$@" ;;
   retinanet-teacher3600-local)  # defeat is in the retinanet-teacher3600 table
     q "${T3600[@]}" --detector retinanet --methods fgfi fitnet rkd "$@" ;;
+  retinanet-teacher3600-global)
+    q "${T3600[@]}" --detector retinanet --methods global "$@" ;;
   prototypes)  # its PGM row is gkd-resp0.02, from the retinanet-resp0.02 table
     q --detector retinanet --methods gkd-kmeans gkd-random gkd-ambiguous --opts DISTILL.RESPONSE.WEIGHT 0.02 --tag=-resp0.02 "$@" ;;
   *)
