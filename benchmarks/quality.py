@@ -12,6 +12,7 @@ every row and seed with the same schedule. Each row appends a record
 ``benchmarks/results/quality.json`` (replacing an older record of the same row).
 """
 import argparse
+import datetime
 import fcntl
 import json
 import logging
@@ -82,7 +83,8 @@ def train_eval(cfg):
 def save(record, path):
     """Add ``record`` to the json list at ``path``, replacing the same row; safe for several
     quality.py processes sharing one results file (an exclusive lock around read-modify-write,
-    and the new list renamed into place)."""
+    and the new list renamed into place). ``date`` is set to now: when the row finished."""
+    record = {**record, "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
     key = lambda r: (r["detector"], r["method"], r["seed"], r["device"])  # noqa: E731
     with open(path + ".lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
@@ -128,7 +130,7 @@ def main():
     path = args.results
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     info = machine(args.device)
-    base = {"detector": args.detector, "device": info["hardware"], "date": info["date"],
+    base = {"detector": args.detector, "device": info["hardware"],
             "train_images": args.num_train, "val_images": args.num_val, "image_size": args.image_size}
 
     teacher_dir = os.path.join(out, "teacher")
