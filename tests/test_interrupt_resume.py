@@ -15,6 +15,16 @@ from gkd_d2.resume import TrainingInterrupted
 DATASET = "gkd_test_interrupt_train"
 
 
+@pytest.fixture(autouse=True)
+def python_sigint_handler():
+    """Python's own SIGINT handler, as in an interactive run. A process started in the
+    background (``cmd &``, nohup) inherits SIGINT ignored, and the trainer rightly restores
+    whatever it found; these tests pin what they start from."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     register_synthetic_dataset(
