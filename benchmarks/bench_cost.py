@@ -56,13 +56,11 @@ DEMO = {
 ADAPTER_1X1 = ["DISTILL.FEATURE.ADAPTER_KERNEL", "1"]  # the cheaper adapter option
 
 
-def timed_variants(term_lists, full_with_1x1=True):
+def timed_variants(term_lists):
     """(name, terms, opts) of every wrapper timed: each term list with the yaml's options, and
-    the full method and the feature term again with 1x1 adapters (``[adapter1x1]``)."""
+    the first two (the full method, the feature term) again with 1x1 adapters (``[adapter1x1]``)."""
     out = [("+".join(t), t, []) for t in term_lists]
-    if full_with_1x1:
-        out += [("+".join(t) + "[adapter1x1]", t, ADAPTER_1X1) for t in term_lists[:2]]
-    return out
+    return out + [("+".join(t) + "[adapter1x1]", t, ADAPTER_1X1) for t in term_lists[:2]]
 
 
 FULL = ["feature", "response", "global"]
