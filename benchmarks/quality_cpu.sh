@@ -39,10 +39,9 @@ case "$table" in
     q --detector faster_rcnn --methods gkd --opts DISTILL.FEATURE.WEIGHT 0.1 --tag=-feat0.1 "$@"
     q --detector faster_rcnn --methods global --opts DISTILL.PGM.PERIOD 100 --tag=-period100 "$@" ;;
   faster_rcnn-teacher3600)  # student rows do not depend on the teacher: see the faster_rcnn table
-    T=(--detector faster_rcnn "${T3600[@]}")
-    q "${T[@]}" --methods teacher response global gkd "$@"
-    q "${T[@]}" --methods gkd --opts DISTILL.FEATURE.WEIGHT 0.1 --tag=-feat0.1 "$@"
-    q "${T[@]}" --methods global --opts DISTILL.PGM.PERIOD 100 --tag=-period100 "$@" ;;
+    q "${T3600[@]}" --detector faster_rcnn --methods teacher response global gkd "$@"
+    q "${T3600[@]}" --detector faster_rcnn --methods gkd --opts DISTILL.FEATURE.WEIGHT 0.1 --tag=-feat0.1 "$@"
+    q "${T3600[@]}" --detector faster_rcnn --methods global --opts DISTILL.PGM.PERIOD 100 --tag=-period100 "$@" ;;
   faster_rcnn-teacher3600-local)  # kd is the response row's loss (bit-identical APs, faster_rcnn table)
     q "${T3600[@]}" --detector faster_rcnn --methods chen defeat fitnet fgfi rkd "$@" ;;
   faster_rcnn-teacher3600-tests)  # the paper's release attenuates; 1x1 adapters are the cheap option

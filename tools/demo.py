@@ -119,7 +119,7 @@ def main():
 
     teacher_yaml, student_yaml, gkd_yaml = CONFIGS[args.detector]
     out = os.path.join(args.output, args.detector)
-    data = [
+    common = [  # every stage: the data and the seed
         "DATASETS.SYNTHETIC.NUM_TRAIN", str(args.num_train),
         "DATASETS.SYNTHETIC.NUM_VAL", str(args.num_val),
         "SEED", str(args.seed),
@@ -143,14 +143,14 @@ def main():
     table = {}
     start = time.perf_counter()
     for i, (name, yaml, opts) in enumerate(stages, 1):
-        cfg = load_cfg(yaml, data + opts)
+        cfg = load_cfg(yaml, common + opts)
         if i == 1:
             register_datasets_from_cfg(cfg)
         os.makedirs(cfg.OUTPUT_DIR, exist_ok=True)
         print(
             f"\n[demo] {i}/3 {name}: {cfg.SOLVER.MAX_ITER} iterations "
             f"({time.perf_counter() - start:.0f} s so far)\n"
-            f"[demo]   = python tools/train_net.py --config-file {yaml} {' '.join(data + opts)}",
+            f"[demo]   = python tools/train_net.py --config-file {yaml} {' '.join(common + opts)}",
             flush=True,
         )
         table[name] = train_and_evaluate(cfg, args.retrain)
