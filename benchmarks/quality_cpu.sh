@@ -7,12 +7,15 @@
 #   bash benchmarks/quality_cpu.sh faster_rcnn-teacher3600  # a teacher trained 3x longer
 #   bash benchmarks/quality_cpu.sh faster_rcnn-teacher3600-local  #   the local-knowledge rows with it
 #   bash benchmarks/quality_cpu.sh faster_rcnn-teacher3600-tests  #   attenuation, 1x1 adapters
+#   bash benchmarks/quality_cpu.sh faster_rcnn-teacher3600-modules  #   module ablation, KD + prototypes
 #   bash benchmarks/quality_cpu.sh retinanet            # RetinaNet: Tables 2 and 4, paper's default weights
 #   bash benchmarks/quality_cpu.sh retinanet-resp0.02   #   rows with lambda_resp = 0.02
 #   bash benchmarks/quality_cpu.sh retinanet-tests      #   test of NOTES.md: PGM period 100
 #   bash benchmarks/quality_cpu.sh retinanet-teacher3600  # a RetinaNet teacher trained 3x longer
 #   bash benchmarks/quality_cpu.sh retinanet-teacher3600-local  #   the other local rows with it
 #   bash benchmarks/quality_cpu.sh retinanet-teacher3600-global  #   global knowledge alone with it
+#   bash benchmarks/quality_cpu.sh retinanet-teacher3600-modules  #   module ablation, lambda_resp 0.02
+#   bash benchmarks/quality_cpu.sh prototypes-teacher3600  #   Table 6 with it
 #   bash benchmarks/quality_cpu.sh prototypes           # Table 6: prototype choice (RetinaNet)
 #
 # Extra arguments go to every benchmarks/quality.py call of the table (e.g. --seeds 0, or
@@ -47,6 +50,8 @@ case "$table" in
   faster_rcnn-teacher3600-tests)  # the paper's release attenuates; 1x1 adapters are the cheap option
     q "${T3600[@]}" --detector faster_rcnn --methods gkd --opts DISTILL.ATTENUATION True --tag=-atten "$@"
     q "${T3600[@]}" --detector faster_rcnn --methods gkd --opts DISTILL.FEATURE.ADAPTER_KERNEL 1 --tag=-adapter1x1 "$@" ;;
+  faster_rcnn-teacher3600-modules)  # which of the three terms the full method's gain comes from
+    q "${T3600[@]}" --detector faster_rcnn --methods response+global feature+response kd+prototypes "$@" ;;
   retinanet)  # chen and kd are RoI methods: they refuse a RetinaNet teacher
     q --detector retinanet --methods teacher student gkd defeat feature fitnet fgfi rkd global defeat+prototypes "$@" ;;
   retinanet-resp0.02)
@@ -61,6 +66,10 @@ case "$table" in
     q "${T3600[@]}" --detector retinanet --methods fgfi fitnet rkd "$@" ;;
   retinanet-teacher3600-global)
     q "${T3600[@]}" --detector retinanet --methods global "$@" ;;
+  retinanet-teacher3600-modules)  # the full method's (gkd-resp0.02) gain: global term or feature term?
+    q "${T3600[@]}" --detector retinanet --methods feature+response response+global --opts DISTILL.RESPONSE.WEIGHT 0.02 --tag=-resp0.02 "$@" ;;
+  prototypes-teacher3600)  # its PGM row is gkd-resp0.02 of the retinanet-teacher3600 table
+    q "${T3600[@]}" --detector retinanet --methods gkd-kmeans gkd-random gkd-ambiguous --opts DISTILL.RESPONSE.WEIGHT 0.02 --tag=-resp0.02 "$@" ;;
   prototypes)  # its PGM row is gkd-resp0.02, from the retinanet-resp0.02 table
     q --detector retinanet --methods gkd-kmeans gkd-random gkd-ambiguous --opts DISTILL.RESPONSE.WEIGHT 0.02 --tag=-resp0.02 "$@" ;;
   *)

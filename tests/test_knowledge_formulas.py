@@ -3,6 +3,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from gkd_d2.knowledge.feature import decoupled_feature_loss
 from gkd_d2.knowledge.global_knowledge import (
@@ -11,7 +12,7 @@ from gkd_d2.knowledge.global_knowledge import (
     robust_weights,
 )
 from gkd_d2.knowledge.masks import weighted_box_mask
-from gkd_d2.knowledge.response import roi_kl, sigmoid_response
+from gkd_d2.knowledge.response import anchor_binary_kl, roi_kl, sigmoid_response
 from gkd_d2.prototypes.bank import PrototypeBank
 
 
@@ -78,6 +79,47 @@ def test_sigmoid_response_by_hand():
     expected = 0.5 * T * T * float(kl) / 2.0  # normaliser 2
     assert sigmoid_response(zs, zt, w, valid, 2.0, T).item() == pytest.approx(expected, rel=1e-5)
     assert sigmoid_response(zt, zt, torch.ones(1, 3), valid, 1.0, T).item() == pytest.approx(0, abs=1e-7)
+
+
+def _reference_binary_kl(zs, zt, T):
+    """T^2 sum_c [BCE(zs/T, p_T) - H(p_T)] with PyTorch's own ops: (B, A, C) -> (B, A)."""
+    p = torch.sigmoid(zt / T)
+    bce = F.binary_cross_entropy_with_logits(zs / T, p, reduction="none")
+    entropy = F.binary_cross_entropy_with_logits(zt / T, p, reduction="none")
+    return (bce - entropy).sum(-1) * T * T
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_anchor_binary_kl_matches_bce_minus_entropy_and_its_gradient(dtype):
+    g = torch.Generator().manual_seed(0)
+    zs = (torch.randn(2, 40, 6, generator=g) * 8).to(dtype)  # logits up to ~30: saturated sigmoids too
+    zt = (torch.randn(2, 40, 6, generator=g) * 8).to(dtype)
+    up = torch.rand(2, 40, generator=g).to(dtype)  # an arbitrary upstream gradient per anchor
+    a = zs.clone().requires_grad_()
+    b = zs.clone().requires_grad_()
+    teacher = zt.clone().requires_grad_()
+    ours = anchor_binary_kl(a, teacher, 2.0)
+    ref = _reference_binary_kl(b, zt, 2.0)
+    tol = 1e-10 if dtype == torch.float64 else 2e-5
+    assert ours.shape == (2, 40)
+    assert torch.allclose(ours, ref, rtol=tol, atol=tol)
+    (ours * up).sum().backward()
+    (ref * up).sum().backward()
+    assert torch.allclose(a.grad, b.grad, rtol=tol, atol=tol)
+    assert teacher.grad is None  # the teacher's logits are a target only
+    assert anchor_binary_kl(zt, zt, 2.0).abs().max().item() < tol * 10  # zero when S == T
+
+
+def test_anchor_binary_kl_gradcheck_and_half_logits():
+    g = torch.Generator().manual_seed(1)
+    zs = torch.randn(1, 5, 3, generator=g, dtype=torch.float64, requires_grad=True)
+    zt = torch.randn(1, 5, 3, generator=g, dtype=torch.float64)
+    assert torch.autograd.gradcheck(lambda x: anchor_binary_kl(x, zt, 3.0), (zs,))
+    half = zs.detach().half().requires_grad_()
+    out = anchor_binary_kl(half, zt.half(), 3.0)
+    assert out.dtype == torch.float32  # the loss itself is never computed in half
+    out.sum().backward()
+    assert half.grad.dtype == torch.float16
 
 
 def test_prototype_coefficients_pick_the_instance_level():

@@ -15,7 +15,7 @@ import torch
 
 from .base import KnowledgeTerm, check_weight, register_knowledge
 from .feature import build_adapters, decoupled_feature_loss, level_masks
-from .response import roi_kl, sigmoid_response
+from .response import anchor_binary_kl, roi_kl, weighted_anchor_sum
 
 
 @register_knowledge("defeat")
@@ -74,6 +74,7 @@ class DeFeat(KnowledgeTerm):
         fg = (a.labels >= 0) & (a.labels < self.num_classes)
         bg = a.labels == self.num_classes
         w = a.weights if self.use_robust_weights else torch.ones_like(a.weights)
-        fg_loss = sigmoid_response(a.student_logits, a.teacher_logits, w, fg, float(fg.sum()), t)
-        bg_loss = sigmoid_response(a.student_logits, a.teacher_logits, torch.ones_like(w), bg, float(bg.sum()), t)
+        per_anchor = anchor_binary_kl(a.student_logits, a.teacher_logits, t)  # once for both parts
+        fg_loss = weighted_anchor_sum(per_anchor, w, fg, float(fg.sum()))
+        bg_loss = weighted_anchor_sum(per_anchor, torch.ones_like(w), bg, float(bg.sum()))
         return fg_loss, bg_loss
