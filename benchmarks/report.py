@@ -5,7 +5,7 @@
 
 Reads ``quality.json`` and ``quality_teacher3600.json`` (records of :mod:`quality`), the
 ``probe_*.json`` of :mod:`probe_global` and :mod:`probe_feature`, ``speed.json`` (:mod:`bench_cost`),
-``pgm_<device>.json`` (:mod:`bench_pgm`) and ``refresh_<detector>_<device>.json``
+``anchor_kl.json`` (:mod:`bench_anchor_kl`), ``pgm_<device>.json`` (:mod:`bench_pgm`) and ``refresh_<detector>_<device>.json``
 (:mod:`bench_refresh`); every table says on what machine and when its figures were measured.
 """
 import collections
@@ -228,6 +228,24 @@ def refresh_section():
     )
 
 
+def anchor_kl_section():
+    """``anchor_kl.json`` of :mod:`bench_anchor_kl`: one row per device kind."""
+    data = load("anchor_kl.json") or {}
+    lines = ["## RetinaNet response term: fused vs composite binary KL (`bench_anchor_kl.py`)", ""]
+    if not data:
+        return lines + ["No results yet.", ""]
+    header = ["device", "logits", "fused (s)", "composite (s)", "speed-up", "loss rel. diff", "grad max diff", "date"]
+    lines += ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
+    for r in data.values():
+        t = r["fwd_bwd_s"]
+        lines.append("| " + " | ".join(map(str, [
+            f"{r['hardware']} ({r['device']})", " x ".join(map(str, r["shape"])), f"{t['fused']:.3f}",
+            f"{t['composite']:.3f}", f"{r['speedup']:.1f}x", f"{r['max_rel_loss_diff']:.1e}",
+            f"{r['max_abs_grad_diff']:.1e}", r["date"],
+        ])) + " |")
+    return lines + ["", "Forward + backward of `sum(w * KL)`, median of interleaved runs.", ""]
+
+
 COMMANDS = """## Reproducing
 
 ```bash
@@ -237,6 +255,7 @@ bash benchmarks/quality_cpu.sh faster_rcnn-tests    #   the list is at the head 
 .venv/bin/python benchmarks/probe_global.py --detector faster_rcnn --runs student_s0 global_s0 ...
 .venv/bin/python benchmarks/probe_feature.py --detector faster_rcnn --runs feature_s0 gkd_s0 ...
 .venv/bin/python benchmarks/bench_cost.py            # --device cuda on a GPU; --scale coco
+.venv/bin/python benchmarks/bench_anchor_kl.py       # --device cuda on a GPU
 .venv/bin/python benchmarks/bench_pgm.py             # --device cuda on a GPU
 .venv/bin/python benchmarks/bench_refresh.py --detector faster_rcnn
 .venv/bin/python benchmarks/report.py                # this file
@@ -262,6 +281,7 @@ def main():
         )
     lines += probe_sections()
     lines += speed_section(load("speed.json"))
+    lines += anchor_kl_section()
     lines += pgm_section()
     lines += refresh_section()
     lines += COMMANDS.splitlines()
