@@ -8,6 +8,8 @@
 #   bash benchmarks/quality_cpu.sh faster_rcnn-teacher3600-local  #   the local-knowledge rows with it
 #   bash benchmarks/quality_cpu.sh faster_rcnn-teacher3600-tests  #   attenuation, 1x1 adapters
 #   bash benchmarks/quality_cpu.sh faster_rcnn-teacher3600-modules  #   module ablation, KD + prototypes
+#   bash benchmarks/quality_cpu.sh faster_rcnn-teacher3600-seeds23  #   seeds 2, 3 of the two best rows
+#   bash benchmarks/quality_cpu.sh teacher3600-feature  # feature imitation alone, both detectors
 #   bash benchmarks/quality_cpu.sh retinanet            # RetinaNet: Tables 2 and 4, paper's default weights
 #   bash benchmarks/quality_cpu.sh retinanet-resp0.02   #   rows with lambda_resp = 0.02
 #   bash benchmarks/quality_cpu.sh retinanet-tests      #   test of NOTES.md: PGM period 100
@@ -52,6 +54,11 @@ case "$table" in
     q "${T3600[@]}" --detector faster_rcnn --methods gkd --opts DISTILL.FEATURE.ADAPTER_KERNEL 1 --tag=-adapter1x1 "$@" ;;
   faster_rcnn-teacher3600-modules)  # which of the three terms the full method's gain comes from
     q "${T3600[@]}" --detector faster_rcnn --methods response+global feature+response kd+prototypes "$@" ;;
+  faster_rcnn-teacher3600-seeds23)  # response vs response + global: is the difference more than noise?
+    q "${T3600[@]}" --detector faster_rcnn --methods response response+global --seeds 2 3 "$@" ;;
+  teacher3600-feature)
+    q "${T3600[@]}" --detector faster_rcnn --methods feature "$@"
+    q "${T3600[@]}" --detector retinanet --methods feature "$@" ;;
   retinanet)  # chen and kd are RoI methods: they refuse a RetinaNet teacher
     q --detector retinanet --methods teacher student gkd defeat feature fitnet fgfi rkd global defeat+prototypes "$@" ;;
   retinanet-resp0.02)
