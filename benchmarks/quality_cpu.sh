@@ -10,6 +10,7 @@
 #   bash benchmarks/quality_cpu.sh faster_rcnn-teacher3600-modules  #   module ablation, KD + prototypes
 #   bash benchmarks/quality_cpu.sh faster_rcnn-teacher3600-seeds23  #   seeds 2, 3 of the two best rows
 #   bash benchmarks/quality_cpu.sh teacher3600-feature  # feature imitation alone, both detectors
+#   bash benchmarks/quality_cpu.sh teacher3600-weights  # loss weights of the full method, re-tuned
 #   bash benchmarks/quality_cpu.sh retinanet            # RetinaNet: Tables 2 and 4, paper's default weights
 #   bash benchmarks/quality_cpu.sh retinanet-resp0.02   #   rows with lambda_resp = 0.02
 #   bash benchmarks/quality_cpu.sh retinanet-tests      #   test of NOTES.md: PGM period 100
@@ -59,6 +60,10 @@ case "$table" in
   teacher3600-feature)
     q "${T3600[@]}" --detector faster_rcnn --methods feature "$@"
     q "${T3600[@]}" --detector retinanet --methods feature "$@" ;;
+  teacher3600-weights)  # lambda_resp 0.02 was tuned with the weaker RetinaNet teacher; lambda_feat lower still
+    q "${T3600[@]}" --detector retinanet --methods gkd --opts DISTILL.RESPONSE.WEIGHT 0.05 --tag=-resp0.05 "$@"
+    q "${T3600[@]}" --detector retinanet --methods gkd --opts DISTILL.RESPONSE.WEIGHT 0.1 --tag=-resp0.1 "$@"
+    q "${T3600[@]}" --detector faster_rcnn --methods gkd --opts DISTILL.FEATURE.WEIGHT 0.01 --tag=-feat0.01 "$@" ;;
   retinanet)  # chen and kd are RoI methods: they refuse a RetinaNet teacher
     q --detector retinanet --methods teacher student gkd defeat feature fitnet fgfi rkd global defeat+prototypes "$@" ;;
   retinanet-resp0.02)
