@@ -63,7 +63,9 @@ case "$table" in
   teacher3600-weights)  # lambda_resp 0.02 was tuned with the weaker RetinaNet teacher; lambda_feat lower still
     q "${T3600[@]}" --detector retinanet --methods gkd --opts DISTILL.RESPONSE.WEIGHT 0.05 --tag=-resp0.05 "$@"
     q "${T3600[@]}" --detector retinanet --methods gkd --opts DISTILL.RESPONSE.WEIGHT 0.1 --tag=-resp0.1 "$@"
-    q "${T3600[@]}" --detector faster_rcnn --methods gkd --opts DISTILL.FEATURE.WEIGHT 0.01 --tag=-feat0.01 "$@" ;;
+    q "${T3600[@]}" --detector faster_rcnn --methods gkd --opts DISTILL.FEATURE.WEIGHT 0.01 --tag=-feat0.01 "$@"
+    q "${T3600[@]}" --detector retinanet --methods gkd --opts DISTILL.RESPONSE.WEIGHT 0.2 --tag=-resp0.2 "$@"
+    q "${T3600[@]}" --detector retinanet --methods response --opts DISTILL.RESPONSE.WEIGHT 0.1 --tag=-resp0.1 "$@" ;;
   retinanet)  # chen and kd are RoI methods: they refuse a RetinaNet teacher
     q --detector retinanet --methods teacher student gkd defeat feature fitnet fgfi rkd global defeat+prototypes "$@" ;;
   retinanet-resp0.02)
