@@ -2,6 +2,7 @@
 import os
 
 import torch
+import torch.nn.functional as F
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import get_cfg
 from detectron2.modeling import build_model
@@ -123,3 +124,12 @@ def make_batch(boxes_per_image=((2, 2),), size=64, seed=0):
         inst.gt_classes = (torch.arange(n) + first_cls) % NUM_CLASSES
         batch.append({"image": image, "instances": inst, "height": size, "width": size})
     return batch
+
+
+def composite_binary_kl(zs, zt, t):
+    """The RetinaNet response KL written with PyTorch's own (composite) ops, the oracle for
+    ``anchor_binary_kl``: ``T^2 sum_c [BCE(zs/T, p_T) - H(p_T)]``, (B, A, C) -> (B, A)."""
+    p = torch.sigmoid(zt / t)
+    bce = F.binary_cross_entropy_with_logits(zs / t, p, reduction="none")
+    entropy = F.binary_cross_entropy_with_logits(zt / t, p, reduction="none")
+    return (bce - entropy).sum(-1) * t * t

@@ -3,7 +3,6 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from gkd_d2.knowledge.feature import decoupled_feature_loss
 from gkd_d2.knowledge.global_knowledge import (
@@ -14,6 +13,7 @@ from gkd_d2.knowledge.global_knowledge import (
 from gkd_d2.knowledge.masks import weighted_box_mask
 from gkd_d2.knowledge.response import anchor_binary_kl, roi_kl, sigmoid_response
 from gkd_d2.prototypes.bank import PrototypeBank
+from helpers import composite_binary_kl
 
 
 def test_box_mask_cells_by_hand():
@@ -81,14 +81,6 @@ def test_sigmoid_response_by_hand():
     assert sigmoid_response(zt, zt, torch.ones(1, 3), valid, 1.0, T).item() == pytest.approx(0, abs=1e-7)
 
 
-def _reference_binary_kl(zs, zt, T):
-    """T^2 sum_c [BCE(zs/T, p_T) - H(p_T)] with PyTorch's own ops: (B, A, C) -> (B, A)."""
-    p = torch.sigmoid(zt / T)
-    bce = F.binary_cross_entropy_with_logits(zs / T, p, reduction="none")
-    entropy = F.binary_cross_entropy_with_logits(zt / T, p, reduction="none")
-    return (bce - entropy).sum(-1) * T * T
-
-
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 def test_anchor_binary_kl_matches_bce_minus_entropy_and_its_gradient(dtype):
     g = torch.Generator().manual_seed(0)
@@ -99,7 +91,7 @@ def test_anchor_binary_kl_matches_bce_minus_entropy_and_its_gradient(dtype):
     b = zs.clone().requires_grad_()
     teacher = zt.clone().requires_grad_()
     ours = anchor_binary_kl(a, teacher, 2.0)
-    ref = _reference_binary_kl(b, zt, 2.0)
+    ref = composite_binary_kl(b, zt, 2.0)
     tol = 1e-10 if dtype == torch.float64 else 2e-5
     assert ours.shape == (2, 40)
     assert torch.allclose(ours, ref, rtol=tol, atol=tol)

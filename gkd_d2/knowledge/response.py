@@ -41,8 +41,8 @@ class _AnchorBinaryKL(torch.autograd.Function):
     The same value as ``T^2 sum_c [BCE(s_c/T, p_c) - H(p_c)]``, computed as
     ``T^2 sum_c [log sig(y) - log sig(x) + (1 - sig(y)) (x - y)]`` with ``x = s/T``, ``y = t/T``,
     in four (B, A, C) buffers and in-place arithmetic: a RetinaNet step at COCO scale has
-    2 x 200k anchors x 80 classes, and the composite BCE ops of PyTorch allocate a new buffer
-    per elementary op. Gradient: ``d/ds = T (sig(x) - sig(y))``, none for the teacher.
+    2 images x 120k-200k anchors x 80 classes, and the composite BCE ops of PyTorch allocate a
+    new buffer per elementary op. Gradient: ``d/ds = T (sig(x) - sig(y))``, none for the teacher.
     """
 
     @staticmethod
