@@ -1,21 +1,29 @@
 """gkd_d2: knowledge distillation of Detectron2 detectors with global knowledge.
 
-Importing the package registers ``DistillationDetector`` in Detectron2's
-``META_ARCH_REGISTRY`` and the knowledge terms in ``KNOWLEDGE_REGISTRY``.
+Importing the package registers ``DistillationDetector`` and a yacs-buildable ``FCOS`` in
+Detectron2's ``META_ARCH_REGISTRY`` and the knowledge terms in ``KNOWLEDGE_REGISTRY``.
 """
-from .config import add_distill_config
+from .config import add_distill_config, load_config
 from .checkpoint import DistillationCheckpointer
 from .meta_arch import DistillationDetector
-from .prototypes import PrototypeBank, PrototypeGenerator, PrototypeRefreshHook, generate_prototypes
+from .prototypes import (
+    PrototypeBank,
+    PrototypeGenerator,
+    PrototypeRefresher,
+    PrototypeRefreshHook,
+    generate_prototypes,
+)
 from .engine import DistillTrainer, build_evaluator
 
 __all__ = [
     "add_distill_config",
+    "load_config",
     "DistillationCheckpointer",
     "DistillationDetector",
     "DistillTrainer",
     "PrototypeBank",
     "PrototypeGenerator",
+    "PrototypeRefresher",
     "PrototypeRefreshHook",
     "build_evaluator",
     "generate_prototypes",

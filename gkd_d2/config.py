@@ -1,4 +1,7 @@
-"""The ``DISTILL`` config node: every option of gkd_d2, with the paper's defaults.
+"""Every option of gkd_d2 and its default: the ``DISTILL`` node (the paper's method and the
+comparison methods), ``MODEL.FCOS`` (Detectron2's FCOS from a yacs config) and the synthetic
+demo data nodes. This module imports nothing from gkd_d2; the checks of the values live in
+:mod:`gkd_d2.validation`.
 
 Call :func:`add_distill_config` on a Detectron2 ``CfgNode`` before merging a gkd_d2 yaml, the
 same way Detectron2's projects do (``add_pointrend_config``, ``add_deeplab_config``)::
@@ -7,17 +10,18 @@ same way Detectron2's projects do (``add_pointrend_config``, ``add_deeplab_confi
     add_distill_config(cfg)
     cfg.merge_from_file("configs/COCO/gkd_faster_rcnn_R101_to_R50_FPN_2x.yaml")
 
-Formulas and defaults: ``METHOD.md`` (shared with the project) and the docstrings of
-``gkd_d2/knowledge`` and ``gkd_d2/prototypes``.
+or, the same in one call, ``cfg = load_config(path, opts)``. Formulas and defaults:
+``docs/method.md`` and the docstrings of ``gkd_d2/knowledge`` and ``gkd_d2/prototypes``.
 """
 from detectron2.config import CfgNode as CN
+from detectron2.config import get_cfg
 
 # Student meta-architectures the wrapper can drive.
-SUPPORTED_STUDENTS = ("GeneralizedRCNN", "RetinaNet")
+SUPPORTED_STUDENTS = ("GeneralizedRCNN", "RetinaNet", "FCOS")
 
 
 def add_distill_config(cfg):
-    """Add the ``DISTILL`` node (and the synthetic demo data node) to ``cfg`` in place."""
+    """Add the ``DISTILL`` node, ``MODEL.FCOS`` and the synthetic data nodes to ``cfg`` in place."""
     _C = cfg
     _C.DISTILL = CN()
     # Meta-architecture of the student; the student is built from this same cfg
@@ -99,37 +103,110 @@ def add_distill_config(cfg):
     _C.DATASETS.SYNTHETIC.NUM_VAL = 64
     _C.DATASETS.SYNTHETIC.IMAGE_SIZE = 160
     _C.DATASETS.SYNTHETIC.SEED = 0
+    # Synthetic "shapes" data (ten learnable classes, an ambiguous minority; data/shapes.py):
+    # datasets named gkd_shapes_train / gkd_shapes_val are generated and registered from these.
+    # Same keys as DATASETS.SYNTHETIC (ROOT, NUM_TRAIN, NUM_VAL, IMAGE_SIZE 160, SEED 0).
+    _C.DATASETS.SHAPES = _C.DATASETS.SYNTHETIC.clone()
+    _C.DATASETS.SHAPES.ROOT = "datasets/gkd_shapes"
+    _C.DATASETS.SHAPES.NUM_TRAIN = 2000
+    _C.DATASETS.SHAPES.NUM_VAL = 200
 
-    # The comparison methods of the knowledge zoo (Chen, FitNet, FGFI, DeFeat, RKD, KD).
-    from .knowledge.zoo_config import add_knowledge_zoo_config
+    # ---- The comparison methods (the "zoo"), with their papers' defaults.
+    # Chen et al. 2017, "Learning Efficient Object Detection Models with Knowledge Distillation".
+    _C.DISTILL.CHEN = CN()
+    _C.DISTILL.CHEN.CLS_WEIGHT = 1.0
+    _C.DISTILL.CHEN.MU = 0.5  # L_cls = mu L_hard + (1 - mu) L_soft
+    _C.DISTILL.CHEN.BG_WEIGHT = 1.5  # w_background in the soft cross-entropy
+    _C.DISTILL.CHEN.TEMPERATURE = 1.0
+    _C.DISTILL.CHEN.REG_WEIGHT = 0.5  # nu
+    _C.DISTILL.CHEN.MARGIN = 0.0  # m
+    _C.DISTILL.CHEN.HINT_WEIGHT = 1.0
+    _C.DISTILL.CHEN.HINT_LOSS = "l2"  # "l2" or "l1"
+    _C.DISTILL.CHEN.HINT_IN_FEATURES = []  # empty: every shared FPN level
+    # FitNet (Romero et al. 2015): hints over whole feature maps through a 3x3 conv regressor.
+    _C.DISTILL.FITNET = CN()
+    _C.DISTILL.FITNET.WEIGHT = 1.0
+    _C.DISTILL.FITNET.IN_FEATURES = []
+    # FGFI (Wang et al. 2019): imitation of near-object anchor locations.
+    _C.DISTILL.FGFI = CN()
+    _C.DISTILL.FGFI.WEIGHT = 0.01
+    _C.DISTILL.FGFI.PSI = 0.5
+    # DeFeat (Guo et al. 2021): decoupled foreground/background features and responses.
+    _C.DISTILL.DEFEAT = CN()
+    _C.DISTILL.DEFEAT.FEAT_WEIGHT = 1.0
+    _C.DISTILL.DEFEAT.GAMMA_FG = 1.0
+    _C.DISTILL.DEFEAT.GAMMA_BG = 4.0
+    _C.DISTILL.DEFEAT.RESP_FG_WEIGHT = 1.0
+    _C.DISTILL.DEFEAT.RESP_BG_WEIGHT = 1.0
+    _C.DISTILL.DEFEAT.TEMPERATURE = 2.0
+    # RKD (Park et al. 2019): distance- and angle-wise relations of GT-instance features.
+    _C.DISTILL.RKD = CN()
+    _C.DISTILL.RKD.DIST_WEIGHT = 1.0
+    _C.DISTILL.RKD.ANGLE_WEIGHT = 2.0
+    # Vanilla KD (Hinton et al. 2015) on RoI class logits.
+    _C.DISTILL.KD = CN()
+    _C.DISTILL.KD.WEIGHT = 1.0
+    _C.DISTILL.KD.TEMPERATURE = 2.0
 
-    add_knowledge_zoo_config(cfg)
+    # Detectron2's FCOS meta-architecture, built from these options (gkd_d2.detectors.fcos;
+    # Detectron2 itself builds FCOS only from a LazyConfig). Defaults: Detectron2's FCOS.
+    _C.MODEL.FCOS = CN()
+    _C.MODEL.FCOS.NUM_CLASSES = 80
+    _C.MODEL.FCOS.IN_FEATURES = ["p3", "p4", "p5", "p6", "p7"]
+    _C.MODEL.FCOS.NUM_CONVS = 4
+    _C.MODEL.FCOS.HEAD_NORM = "GN"  # "" (none), "GN", "BN", ...
+    _C.MODEL.FCOS.PRIOR_PROB = 0.01
+    _C.MODEL.FCOS.CENTER_SAMPLING_RADIUS = 1.5
+    _C.MODEL.FCOS.FOCAL_LOSS_ALPHA = 0.25
+    _C.MODEL.FCOS.FOCAL_LOSS_GAMMA = 2.0
+    _C.MODEL.FCOS.SCORE_THRESH_TEST = 0.2
+    _C.MODEL.FCOS.TOPK_CANDIDATES_TEST = 1000
+    _C.MODEL.FCOS.NMS_THRESH_TEST = 0.6
 
 
-def validate_distill_config(cfg):
-    """Check the ``DISTILL.PGM`` and ``DISTILL.VIS`` options at build time; errors name the option and the fix.
+def load_config(config_file: str, opts=()) -> CN:
+    """Detectron2's default config + :func:`add_distill_config` + ``config_file`` + ``opts``
+    (``KEY VALUE`` pairs): what ``tools/`` and ``benchmarks/`` start from. Not frozen."""
+    cfg = get_cfg()
+    add_distill_config(cfg)
+    cfg.merge_from_file(config_file)
+    cfg.merge_from_list(list(opts))
+    return cfg
 
-    (Loss weights are checked by each knowledge term, the teacher/student pair by
-    :class:`gkd_d2.DistillationDetector`.)
-    """
-    p = cfg.DISTILL.PGM
-    rules = [
-        ("NUM_PROTOTYPES", p.NUM_PROTOTYPES >= 1, "must be >= 1"),
-        ("ALPHA", p.ALPHA >= 0, "must be >= 0"),
-        ("SIGMA", p.SIGMA > 0, "must be > 0"),
-        ("QUANTILE", 0 <= p.QUANTILE < 1, "must be in [0, 1)"),
-        ("MAX_SAMPLES", p.MAX_SAMPLES >= 1, "must be >= 1"),
-        ("MIN_SIZE", p.MIN_SIZE >= 0, "must be >= 0 (pixels)"),
-        ("PERIOD", p.PERIOD >= 0, "must be >= 1 iteration, or 0 for one epoch of DATASETS.TRAIN"),
-        ("BATCH_SIZE", p.BATCH_SIZE >= 1, "must be >= 1"),
-    ]
-    from .prototypes.selection import SELECTIONS
 
-    rules.append(("SELECTION", p.SELECTION in SELECTIONS, f"choose one of {list(SELECTIONS)}"))
-    for key, ok, fix in rules:
-        if not ok:
-            raise ValueError(f"DISTILL.PGM.{key}={p[key]!r}: {fix}.")
-    for key in ("OVERLAY_IMAGES", "OVERLAY_PERIOD"):
-        if cfg.DISTILL.VIS[key] < 0:
-            raise ValueError(f"DISTILL.VIS.{key}={cfg.DISTILL.VIS[key]}: must be >= 0 (0 = off).")
+#: The demo's (teacher, student alone, distillation) configs per detector, relative to the
+#: repository root: used by ``tools/demo.py`` and ``benchmarks/``.
+DEMO_CONFIGS = {
+    "faster_rcnn": (
+        "configs/Demo/teacher_faster_rcnn_R34_FPN.yaml",
+        "configs/Demo/student_faster_rcnn_R18_FPN.yaml",
+        "configs/Demo/gkd_faster_rcnn_R34_to_R18_FPN.yaml",
+    ),
+    "retinanet": (
+        "configs/Demo/teacher_retinanet_R34_FPN.yaml",
+        "configs/Demo/student_retinanet_R18_FPN.yaml",
+        "configs/Demo/gkd_retinanet_R34_to_R18_FPN.yaml",
+    ),
+    "fcos": (
+        "configs/Demo/teacher_fcos_R34_FPN.yaml",
+        "configs/Demo/student_fcos_R18_FPN.yaml",
+        "configs/Demo/gkd_fcos_R34_to_R18_FPN.yaml",
+    ),
+}
 
+#: Nodes gkd_d2 adds that stock Detectron2 does not know (MODEL.FCOS stays: FCOS needs it).
+GKD_ONLY_NODES = (("DISTILL",), ("DATASETS", "SYNTHETIC"), ("DATASETS", "SHAPES"))
+
+
+def plain_detectron2_config(cfg) -> CN:
+    """A copy of ``cfg`` without the gkd_d2-only nodes (:data:`GKD_ONLY_NODES`): what an exported
+    student or a plain teacher config is written with."""
+    out = cfg.clone()
+    out.defrost()
+    for path in GKD_ONLY_NODES:
+        node = out
+        for key in path[:-1]:
+            node = node.get(key, {})
+        if path[-1] in node:
+            node.pop(path[-1])
+    return out

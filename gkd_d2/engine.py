@@ -13,7 +13,8 @@ from detectron2.utils import comm
 from .checkpoint import DistillationCheckpointer
 from .prototypes.refresh import PrototypeRefreshHook
 from .resume import GracefulInterruptHook, ResumableTrainingSampler, RNGState
-from .visualization import RobustWeightOverlayHook
+from .utils import unwrap_model
+from .visualization.hook import RobustWeightOverlayHook
 
 logger = logging.getLogger(__name__)
 
@@ -88,8 +89,7 @@ class DistillTrainer(DefaultTrainer):
             self._trainer.model, self.cfg.OUTPUT_DIR, trainer=weakref.proxy(self), **extra
         )
         ret = super().build_hooks()
-        model = self._trainer.model
-        model = model.module if hasattr(model, "module") else model
+        model = unwrap_model(self._trainer.model)
         if getattr(model, "prototypes", None) is not None:
             # Right after the LR scheduler: prototypes are fresh before the step that uses
             # them and before any checkpoint of that iteration is written.

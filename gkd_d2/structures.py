@@ -1,15 +1,17 @@
 """Plain containers passed from the meta-architecture to the knowledge terms.
 
 Shapes use: B images, G ground-truth boxes in the whole batch, R sampled RoIs in the whole
-batch, A anchors per image, C classes (background excluded), D_S / D_T channels of the
-student / teacher FPN levels.
+batch, A anchors (RetinaNet) or locations (FCOS) per image, C classes (background excluded),
+D_S / D_T channels of the student / teacher FPN levels. A *level index* counts in the
+instance levels (``DistillationDetector.instance_levels``, a list of level *names*).
 """
-from dataclasses import dataclass, field
-from typing import Dict, List, Optional
+from dataclasses import dataclass
+from typing import ClassVar, Dict, List, Optional
 
 import torch
-from detectron2.modeling.poolers import assign_boxes_to_levels
 from detectron2.structures import Boxes, Instances
+
+from .pooling import assign_level_index
 
 
 @dataclass
@@ -17,35 +19,29 @@ class GroundTruth:
     """Every GT box of the batch, flattened in image order.
 
     boxes (G, 4) XYXY in input-image pixels; classes (G,) in [0, C); image_index (G,);
-    levels (G,): index into the instance levels (Detectron2's FPN level rule, canonical size
-    224 at canonical level 4, clamped to the levels that exist).
+    level_index (G,): index into the instance levels (Detectron2's FPN level rule, canonical
+    size 224 at canonical level 4, clamped to the levels that exist); box_lists: per image.
     """
 
     boxes: torch.Tensor
     classes: torch.Tensor
     image_index: torch.Tensor
-    levels: torch.Tensor
+    level_index: torch.Tensor
     box_lists: List[Boxes]
 
     @classmethod
     def from_instances(cls, instances: List[Instances], min_level: int, max_level: int):
+        """``instances``: per image, with ``gt_boxes`` and ``gt_classes``; levels min..max (log2)."""
         box_lists = [x.gt_boxes for x in instances]
         device = box_lists[0].tensor.device
-        boxes = torch.cat([b.tensor for b in box_lists]) if box_lists else torch.zeros(0, 4)
+        boxes = torch.cat([b.tensor for b in box_lists])
         classes = torch.cat([x.gt_classes for x in instances]).long()
         image_index = torch.repeat_interleave(
             torch.arange(len(instances), device=device),
             torch.tensor([len(x) for x in instances], device=device),
         )
-        levels = cls.levels_of(box_lists, min_level, max_level)
-        return cls(boxes, classes, image_index, levels, box_lists)
-
-    @staticmethod
-    def levels_of(box_lists: List[Boxes], min_level: int, max_level: int) -> torch.Tensor:
-        """Level index (offset from min_level) of every box: sqrt(area) 224 -> level 4."""
-        if sum(len(b) for b in box_lists) == 0:
-            return torch.zeros(0, dtype=torch.long, device=box_lists[0].tensor.device)
-        return assign_boxes_to_levels(box_lists, min_level, max_level, 224, 4)
+        level_index = assign_level_index(box_lists, min_level, max_level)
+        return cls(boxes, classes, image_index, level_index, box_lists)
 
     def __len__(self):
         return self.boxes.shape[0]
@@ -53,45 +49,70 @@ class GroundTruth:
 
 @dataclass
 class RoIResponse:
-    """Faster R-CNN: the RoIs the student's ROI head sampled for its loss, seen by both models.
+    """Two-stage detectors: the RoIs the student's ROI head sampled for its loss, seen by both.
 
     student_logits / teacher_logits (R, C+1); student_deltas / teacher_deltas (R, 4C) or
-    (R, 4) for class-agnostic regression, both in the student's box encoding; gt_classes (R,) in [0, C], C = background;
-    gt_boxes (R, 4) matched GT box; proposal_boxes (R, 4); levels (R,) instance-level index;
-    student_feats (R, D_S) / teacher_feats (R, D_T): the box pooler's 7x7 ROIAlign output
-    averaged over space (raw FPN features, before any adaptation).
+    (R, 4) for class-agnostic regression, both in the student's box encoding (``box_coder``,
+    the student's ``Box2BoxTransform``); gt_classes (R,) in [0, C], C = background; gt_boxes
+    (R, 4) matched GT box; proposal_boxes (R, 4); level_index (R,); student_feats (R, D_S) /
+    teacher_feats (R, D_T): the box pooler's 7x7 ROIAlign output averaged over space (raw FPN
+    features, before any adaptation). The teacher's fields are filled by the teacher's family.
     """
 
+    per_roi: ClassVar[bool] = True
+
     student_logits: torch.Tensor
-    teacher_logits: torch.Tensor
     student_deltas: torch.Tensor
-    teacher_deltas: torch.Tensor
     gt_classes: torch.Tensor
     gt_boxes: torch.Tensor
     proposal_boxes: torch.Tensor
-    levels: torch.Tensor
+    box_lists: List[Boxes]
+    level_index: torch.Tensor
     student_feats: torch.Tensor
-    teacher_feats: torch.Tensor
+    box_coder: object
+    teacher_logits: Optional[torch.Tensor] = None
+    teacher_deltas: Optional[torch.Tensor] = None
+    teacher_feats: Optional[torch.Tensor] = None
     weights: Optional[torch.Tensor] = None  # (R,) robust weights, 1 for background
+
+    def assign_robust_weights(self, gt_weights, prototypes):
+        """Eq. 8 of every RoI from its pooled features against its matched GT class's
+        prototypes (1 for background, or without prototypes)."""
+        self.weights = torch.ones_like(self.gt_classes, dtype=self.student_logits.dtype)
+        if prototypes is not None:
+            self.weights = prototypes.robust_weights(
+                self.teacher_feats, self.student_feats.detach(), self.level_index, self.gt_classes
+            )
 
 
 @dataclass
-class AnchorResponse:
-    """RetinaNet: every anchor of every image, levels concatenated as in Detectron2.
+class DenseResponse:
+    """Dense detectors (RetinaNet, FCOS): every anchor / location of every image, levels
+    concatenated as in Detectron2.
 
     student_logits / teacher_logits (B, A, C); labels (B, A) in {-1 ignore, 0..C-1, C bg};
-    matched_gt (B, A) index into the batch's flattened GT (-1 where none); anchors: list of
-    per-level :class:`Boxes`; normalizer: the focal loss's normaliser (number of foreground
-    anchors, as Detectron2's RetinaNet computes it).
+    matched_gt (B, A) index into the batch's flattened GT (-1 where none); response_mask (B, A)
+    bool: where response knowledge applies (the family decides: RetinaNet every non-ignored
+    anchor, FCOS the positive locations); normalizer: the focal loss's normaliser (number of
+    foreground anchors, as Detectron2 computes it).
     """
 
+    per_roi: ClassVar[bool] = False
+
     student_logits: torch.Tensor
-    teacher_logits: torch.Tensor
     labels: torch.Tensor
     matched_gt: torch.Tensor
-    anchors: List[Boxes]
+    response_mask: torch.Tensor
     normalizer: float
+    teacher_logits: Optional[torch.Tensor] = None
     weights: Optional[torch.Tensor] = None  # (B, A) robust weights, 1 for background
+
+    def assign_robust_weights(self, gt_weights, prototypes):
+        """Each anchor takes the robust weight of its matched GT (1 for background)."""
+        weights = torch.ones_like(self.matched_gt, dtype=self.student_logits.dtype)
+        fg = self.matched_gt >= 0
+        weights[fg] = gt_weights[self.matched_gt[fg]].to(weights.dtype)
+        self.weights = weights
 
 
 @dataclass
@@ -102,6 +123,7 @@ class DistillBatch:
     instance_feats_student (G, D_S) / instance_feats_teacher (G, D_T): GT boxes ROIAligned
     (7x7, averaged) at their assigned level; None when no active term needs them.
     gt_weights (G,): robust weights of Eq. 8 (all 1 without prototypes).
+    response: a :class:`RoIResponse` or :class:`DenseResponse` when a term needs responses.
     """
 
     gt: GroundTruth
@@ -111,6 +133,4 @@ class DistillBatch:
     gt_weights: torch.Tensor
     instance_feats_student: Optional[torch.Tensor] = None
     instance_feats_teacher: Optional[torch.Tensor] = None
-    rois: Optional[RoIResponse] = None
-    anchors: Optional[AnchorResponse] = None
-    extras: Dict[str, object] = field(default_factory=dict)
+    response: Optional[object] = None

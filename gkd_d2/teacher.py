@@ -9,6 +9,8 @@ from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import get_cfg
 from detectron2.modeling import build_model
 
+from .config import add_distill_config
+
 logger = logging.getLogger(__name__)
 
 # Keys a Detectron2 checkpoint may legitimately lack (they are recomputed by the model).
@@ -43,6 +45,7 @@ def build_teacher_cfg(cfg):
     The teacher runs on the student's ``MODEL.DEVICE``.
     """
     teacher_cfg = get_cfg()
+    add_distill_config(teacher_cfg)  # MODEL.FCOS, for an FCOS teacher
     teacher_cfg.set_new_allowed(True)  # teacher yamls may carry project-specific keys
     teacher_cfg.merge_from_file(resolve_config_file(cfg.DISTILL.TEACHER.CONFIG_FILE))
     if cfg.DISTILL.TEACHER.OPTS:

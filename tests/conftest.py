@@ -25,3 +25,9 @@ def rcnn_teacher(tmp_path_factory):
 def retina_teacher(tmp_path_factory):
     """(config path, weights path) of a tiny RetinaNet teacher (random weights)."""
     return make_teacher(tmp_path_factory.mktemp("retina_teacher"), "RetinaNet")
+
+
+@pytest.fixture(scope="session")
+def fcos_teacher(tmp_path_factory):
+    """(config path, weights path) of a tiny FCOS teacher (random weights)."""
+    return make_teacher(tmp_path_factory.mktemp("fcos_teacher"), "FCOS")

@@ -7,20 +7,29 @@ from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import get_cfg
 from detectron2.modeling import build_model
 from detectron2.structures import Boxes, Instances
+from detectron2.utils.events import EventStorage
 
-import gkd_d2  # noqa: F401  (registers the meta-architecture)
+import gkd_d2  # noqa: F401  (registers the meta-architectures)
 from gkd_d2 import add_distill_config
+from gkd_d2.config import plain_detectron2_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NUM_CLASSES = 3
+#: the base config of each student / teacher meta-architecture
+BASE_CONFIGS = {
+    "GeneralizedRCNN": "Base-RCNN-FPN.yaml",
+    "RetinaNet": "Base-RetinaNet.yaml",
+    "FCOS": "Base-FCOS.yaml",
+}
+#: the session fixture (conftest.py) of a tiny teacher of each meta-architecture
+TEACHER_FIXTURES = {"GeneralizedRCNN": "rcnn_teacher", "RetinaNet": "retina_teacher", "FCOS": "fcos_teacher"}
 
 
 def tiny_cfg(arch="GeneralizedRCNN", fpn_channels=16, depth=18, norm="BN"):
     """A plain Detectron2 config of a tiny FPN detector (CPU, 64 px inputs)."""
     cfg = get_cfg()
     add_distill_config(cfg)
-    base = "Base-RCNN-FPN.yaml" if arch == "GeneralizedRCNN" else "Base-RetinaNet.yaml"
-    cfg.merge_from_file(os.path.join(ROOT, "configs", base))
+    cfg.merge_from_file(os.path.join(ROOT, "configs", BASE_CONFIGS[arch]))
     cfg.MODEL.DEVICE = "cpu"
     cfg.MODEL.RESNETS.DEPTH = depth
     cfg.MODEL.RESNETS.RES2_OUT_CHANNELS = 64
@@ -29,6 +38,9 @@ def tiny_cfg(arch="GeneralizedRCNN", fpn_channels=16, depth=18, norm="BN"):
     cfg.MODEL.ROI_HEADS.NUM_CLASSES = NUM_CLASSES
     cfg.MODEL.RETINANET.NUM_CLASSES = NUM_CLASSES
     cfg.MODEL.RETINANET.NUM_CONVS = 1
+    cfg.MODEL.FCOS.NUM_CLASSES = NUM_CLASSES
+    cfg.MODEL.FCOS.NUM_CONVS = 1
+    cfg.MODEL.FCOS.HEAD_NORM = ""  # GroupNorm's 32 groups do not divide a 16-channel FPN
     cfg.MODEL.RPN.PRE_NMS_TOPK_TRAIN = 200
     cfg.MODEL.RPN.POST_NMS_TOPK_TRAIN = 64
     cfg.MODEL.RPN.PRE_NMS_TOPK_TEST = 100
@@ -54,12 +66,8 @@ def tiny_cfg(arch="GeneralizedRCNN", fpn_channels=16, depth=18, norm="BN"):
 
 def save_plain_config(cfg, path):
     """Write ``cfg`` without the gkd_d2 nodes: a config any Detectron2 can read."""
-    c = cfg.clone()
-    c.defrost()
-    c.pop("DISTILL", None)
-    c.DATASETS.pop("SYNTHETIC", None)
     with open(path, "w") as f:
-        f.write(c.dump())
+        f.write(plain_detectron2_config(cfg).dump())
     return str(path)
 
 
@@ -87,6 +95,7 @@ def make_teacher(tmp_dir, arch, seed=0, fpn_channels=32, num_classes=NUM_CLASSES
     cfg = tiny_cfg(arch, fpn_channels=fpn_channels, norm=norm)
     cfg.MODEL.ROI_HEADS.NUM_CLASSES = num_classes
     cfg.MODEL.RETINANET.NUM_CLASSES = num_classes
+    cfg.MODEL.FCOS.NUM_CLASSES = num_classes
     model = build_model(cfg)
     if norm == "BN":
         calibrate_batchnorm(model)
@@ -105,6 +114,28 @@ def distill_cfg(teacher, arch="GeneralizedRCNN", knowledge=("feature", "response
     cfg.DISTILL.PGM.NUM_PROTOTYPES = 3
     cfg.DISTILL.PGM.MIN_SIZE = 4
     return cfg
+
+
+def train_losses(model, batch, it=0):
+    """The training losses of ``model`` on ``batch`` at iteration ``it``."""
+    model.train()
+    with EventStorage(it):
+        return model(batch)
+
+
+def fill_prototypes_from_batch(model, batch):
+    """Make GT instances of ``batch`` the prototypes of their (level, class)."""
+    gt = model.ground_truth([x["instances"] for x in batch])
+    with torch.no_grad():
+        model.eval()
+        s = model.student
+        s_feats = s.backbone(s.preprocess_image(batch).tensor)
+        fs = model.pool_instances(s_feats, gt)
+        ft = model.pool_instances(model.teacher_features(batch), gt)
+    for i in range(len(gt)):
+        lvl, c = int(gt.level_index[i]), int(gt.classes[i])
+        model.prototypes.set_prototypes(lvl, c, ft[i : i + 1], fs[i : i + 1], torch.tensor([[0, i]]))
+    model.prototypes.last_refresh_iter.fill_(0)
 
 
 def make_batch(boxes_per_image=((2, 2),), size=64, seed=0):

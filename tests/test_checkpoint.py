@@ -5,8 +5,7 @@ import pytest
 import torch
 from detectron2.modeling import build_model
 from detectron2.utils.events import EventStorage
-from helpers import distill_cfg, make_batch, tiny_cfg
-from test_meta_arch import fill_prototypes_from_batch
+from helpers import distill_cfg, fill_prototypes_from_batch, make_batch, tiny_cfg
 
 from gkd_d2 import DistillationCheckpointer
 

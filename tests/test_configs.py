@@ -12,8 +12,7 @@ import pytest
 import torch
 from detectron2.config import get_cfg
 from detectron2.modeling import build_model
-from helpers import ROOT, make_batch
-from test_meta_arch import train_losses
+from helpers import ROOT, make_batch, train_losses
 
 import gkd_d2.teacher
 from gkd_d2 import add_distill_config
@@ -30,6 +29,7 @@ SHRINK = [
     "MODEL.RESNETS.STRIDE_IN_1X1", "True", "MODEL.FPN.OUT_CHANNELS", "16",
     "MODEL.RPN.POST_NMS_TOPK_TRAIN", "64", "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", "32",
     "MODEL.ROI_BOX_HEAD.FC_DIM", "32", "MODEL.RETINANET.NUM_CONVS", "1",
+    "MODEL.FCOS.NUM_CONVS", "1", "MODEL.FCOS.HEAD_NORM", "",
     "INPUT.MIN_SIZE_TRAIN", "(64,)", "INPUT.MAX_SIZE_TRAIN", "64",
 ]
 

@@ -4,15 +4,16 @@ import math
 import pytest
 import torch
 
-from gkd_d2.knowledge.feature import decoupled_feature_loss
-from gkd_d2.knowledge.global_knowledge import (
+from gkd_d2.knowledge.losses import (
+    anchor_binary_kl,
+    decoupled_feature_loss,
     global_knowledge_loss,
-    prototype_coefficients,
-    robust_weights,
+    roi_kl,
+    sigmoid_response,
+    weighted_box_mask,
 )
-from gkd_d2.knowledge.masks import weighted_box_mask
-from gkd_d2.knowledge.response import anchor_binary_kl, roi_kl, sigmoid_response
 from gkd_d2.prototypes.bank import PrototypeBank
+from gkd_d2.prototypes.relations import prototype_coefficients, robust_weights
 from helpers import composite_binary_kl
 
 

@@ -4,22 +4,15 @@ import copy
 import pytest
 import torch
 from detectron2.modeling import build_model
-from detectron2.utils.events import EventStorage
-from helpers import NUM_CLASSES, distill_cfg, make_batch, make_teacher
+from helpers import NUM_CLASSES, TEACHER_FIXTURES, distill_cfg, fill_prototypes_from_batch, make_batch, make_teacher, train_losses
 
 from gkd_d2 import DistillationCheckpointer
 
-ARCHS = ["GeneralizedRCNN", "RetinaNet"]
+ARCHS = ["GeneralizedRCNN", "RetinaNet", "FCOS"]
 
 
 def teacher_of(arch, request):
-    return request.getfixturevalue("rcnn_teacher" if arch == "GeneralizedRCNN" else "retina_teacher")
-
-
-def train_losses(model, batch, it=0):
-    model.train()
-    with EventStorage(it):
-        return model(batch)
+    return request.getfixturevalue(TEACHER_FIXTURES[arch])
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -44,24 +37,6 @@ def test_losses_finite_and_gradients_reach_student_and_adapters_only(arch, reque
         if name == "loss_kd_feature":
             assert all(g is not None and g.abs().sum() > 0 for g in adapter_grads)
     assert all(not p.requires_grad for p in model.teacher.parameters())
-
-
-def fill_prototypes_from_batch(model, batch):
-    """Make GT instances of ``batch`` the prototypes of their (level, class)."""
-    from gkd_d2.structures import GroundTruth
-
-    gt_inst = [x["instances"] for x in batch]
-    gt = GroundTruth.from_instances(gt_inst, model._min_level, model._max_level)
-    with torch.no_grad():
-        model.eval()
-        s = model.student
-        s_feats = s.backbone(s.preprocess_image(batch).tensor)
-        fs = model.pool_instances(s_feats, gt)
-        ft = model.pool_instances(model.teacher_features(batch), gt)
-    for i in range(len(gt)):
-        lvl, c = int(gt.levels[i]), int(gt.classes[i])
-        model.prototypes.set_prototypes(lvl, c, ft[i : i + 1], fs[i : i + 1], torch.tensor([[0, i]]))
-    model.prototypes.last_refresh_iter.fill_(0)
 
 
 @pytest.mark.parametrize("arch", ARCHS)

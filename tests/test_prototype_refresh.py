@@ -10,7 +10,7 @@ from detectron2.engine import launch
 from detectron2.modeling import build_model
 from helpers import distill_cfg
 
-from gkd_d2 import DistillTrainer, PrototypeGenerator
+from gkd_d2 import DistillTrainer, PrototypeRefresher
 from gkd_d2.data.synthetic import SYNTHETIC_CLASSES, register_synthetic_dataset
 from gkd_d2.prototypes.instances import sample_instances
 from gkd_d2.prototypes.refresh import PrototypeRefreshHook
@@ -82,7 +82,7 @@ def test_hook_schedule_cache_and_modes(synth, synth_teacher, tmp_path, monkeypat
     model = trainer.model
     calls, teacher_calls, student_modes = [], [], []
     inside = []
-    real_refresh = hook.generator.refresh
+    real_refresh = hook.refresher.refresh
     real_teacher = model.teacher_features
     real_backbone = model.student.backbone.forward
 
@@ -104,7 +104,7 @@ def test_hook_schedule_cache_and_modes(synth, synth_teacher, tmp_path, monkeypat
             student_modes.append(model.student.training)
         return real_backbone(x)
 
-    monkeypatch.setattr(hook.generator, "refresh", spy_refresh)
+    monkeypatch.setattr(hook.refresher, "refresh", spy_refresh)
     monkeypatch.setattr(model, "teacher_features", spy_teacher)
     monkeypatch.setattr(model.student.backbone, "forward", spy_backbone)
     trainer.train()
@@ -139,8 +139,8 @@ def test_resume_restores_prototypes_without_early_refresh(synth, synth_teacher, 
     resumed = DistillTrainer(cfg2)
     hook = next(h for h in resumed._hooks if isinstance(h, PrototypeRefreshHook))
     calls = []
-    real = hook.generator.refresh
-    monkeypatch.setattr(hook.generator, "refresh", lambda m, it: calls.append(it) or real(m, it))
+    real = hook.refresher.refresh
+    monkeypatch.setattr(hook.refresher, "refresh", lambda m, it: calls.append(it) or real(m, it))
     resumed.resume_or_load(resume=True)
     assert resumed.start_iter == 3
     assert torch.equal(resumed.model.prototypes.teacher, saved["prototypes.teacher"])
@@ -154,7 +154,7 @@ def _two_rank_worker(cfg, synth_root, out_dir):
     register_synthetic_dataset("gkd_test_refresh_train", synth_root, num_images=NUM_IMAGES, image_size=64, seed=3)
     torch.manual_seed(0)  # same student weights on both ranks (DDP would broadcast them)
     model = build_model(cfg)
-    stats = PrototypeGenerator(cfg).refresh(model, 0)
+    stats = PrototypeRefresher(cfg).refresh(model, 0)
     state = {k: v for k, v in model.prototypes.state_dict().items()}
     torch.save({"state": state, "stats": stats}, os.path.join(out_dir, f"rank{comm.get_rank()}.pth"))
 
@@ -172,7 +172,7 @@ def test_two_processes_get_identical_prototypes(synth, synth_teacher, tmp_path):
     # Same as a single process doing all the work.
     torch.manual_seed(0)
     model = build_model(cfg)
-    PrototypeGenerator(cfg).refresh(model, 0)
+    PrototypeRefresher(cfg).refresh(model, 0)
     for k, v in model.prototypes.state_dict().items():
         assert torch.allclose(v.float(), r0["state"][k].float(), atol=1e-5), k
 
@@ -193,7 +193,7 @@ def test_class_without_instances_warns_and_gets_no_prototypes(synth, synth_teach
     log.addHandler(handler)
     try:
         model = build_model(cfg)
-        PrototypeGenerator(cfg, dataset_dicts=dicts).refresh(model, 0)
+        PrototypeRefresher(cfg, dataset_dicts=dicts).refresh(model, 0)
     finally:
         log.removeHandler(handler)
     warnings = [r.getMessage() for r in records if r.levelno == logging.WARNING]

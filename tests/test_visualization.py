@@ -17,18 +17,17 @@ from detectron2.modeling import build_model
 from helpers import distill_cfg, make_teacher
 from PIL import Image
 
-from gkd_d2 import DistillationCheckpointer, DistillTrainer, PrototypeGenerator
+from gkd_d2 import DistillationCheckpointer, DistillTrainer, PrototypeRefresher
 from gkd_d2.data.synthetic import SYNTHETIC_CLASSES, register_synthetic_dataset
-from gkd_d2.visualization import (
-    RobustWeightOverlayHook,
+from gkd_d2.visualization.analysis import (
     bank_discrepancy,
-    discrepancy_histogram,
     image_robust_weights,
-    prototype_gallery,
     random_bases,
     relation_discrepancy,
     sampled_instance_features,
 )
+from gkd_d2.visualization.drawing import discrepancy_histogram, prototype_gallery
+from gkd_d2.visualization.hook import RobustWeightOverlayHook
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DATASET = "gkd_test_vis_train"
@@ -46,12 +45,12 @@ def test_discrepancy_is_zero_when_teacher_equals_student():
     d = relation_discrepancy(
         feats, feats.clone(), classes, bank, bank.clone(), valid, num_random_trials=3
     )
-    assert d.prototypes.shape == (12,) and d.random.shape == (3, 12)
+    assert d.with_prototypes.shape == (12,) and d.with_random.shape == (3, 12)
     assert torch.equal(d.has_bases, classes != 2)
-    assert torch.allclose(d.prototypes, torch.zeros(12), atol=1e-6)
-    assert torch.allclose(d.random, torch.zeros(3, 12), atol=1e-6)
+    assert torch.allclose(d.with_prototypes, torch.zeros(12), atol=1e-6)
+    assert torch.allclose(d.with_random, torch.zeros(3, 12), atol=1e-6)
     # random bases: as many as prototypes (2 for class 0, 1 for class 1, none for class 2)
-    assert (d.random_index >= 0).sum(dim=2).tolist() == [[2, 1, 0]] * 3
+    assert (d.with_random_index >= 0).sum(dim=2).tolist() == [[2, 1, 0]] * 3
 
 
 def test_discrepancy_hand_computed():
@@ -68,20 +67,20 @@ def test_discrepancy_hand_computed():
         feats_t, feats_s, classes, bank_t, bank_s, valid, num_random_trials=10, seed=1
     )
     # a: |cos([1,0],[1,0]) - cos([1,0],[1,1])| = 1 - r; b: |r - r| = 0; c: no bases
-    assert torch.allclose(d.prototypes, torch.tensor([1 - r, 0.0, 0.0]), atol=1e-6)
+    assert torch.allclose(d.with_prototypes, torch.tensor([1 - r, 0.0, 0.0]), atol=1e-6)
     assert d.has_bases.tolist() == [True, True, False]
     # random bases: one instance of class 0 per trial. Base a: (0, |r - 0|); base b: (|r - 0|, 0).
     for trial in range(10):
-        chosen = int(d.random_index[trial, 0, 0])
-        assert chosen in (0, 1) and int(d.random_index[trial, 1, 0]) == -1
+        chosen = int(d.with_random_index[trial, 0, 0])
+        assert chosen in (0, 1) and int(d.with_random_index[trial, 1, 0]) == -1
         expected = [0.0, r, 0.0] if chosen == 0 else [r, 0.0, 0.0]
-        assert torch.allclose(d.random[trial], torch.tensor(expected), atol=1e-6)
+        assert torch.allclose(d.with_random[trial], torch.tensor(expected), atol=1e-6)
     # seeded: same draws again, and some variety over trials
     again = relation_discrepancy(
         feats_t, feats_s, classes, bank_t, bank_s, valid, num_random_trials=10, seed=1
     )
-    assert torch.equal(again.random_index, d.random_index)
-    assert set(d.random_index[:, 0, 0].tolist()) == {0, 1}
+    assert torch.equal(again.random_index, d.with_random_index)
+    assert set(d.with_random_index[:, 0, 0].tolist()) == {0, 1}
 
 
 def test_random_bases_draw_distinct_instances_of_each_class():
@@ -143,7 +142,7 @@ def setup(tmp_path_factory):
         "empty_prototypes"
     )  # before any refresh
     dicts = DatasetCatalog.get(DATASET)
-    PrototypeGenerator(cfg, dicts).refresh(model, 0)
+    PrototypeRefresher(cfg, dicts).refresh(model, 0)
     assert not model.prototypes.is_empty()
     DistillationCheckpointer(model, save_dir=str(tmp)).save("with_prototypes")
     feats = sampled_instance_features(cfg, model, dicts)
@@ -165,12 +164,12 @@ def test_prototype_discrepancy_is_one_minus_robust_weight(setup):
     assert model.student.training  # sampled_instance_features restored the mode
     d = bank_discrepancy(bank, feats, num_random_trials=2, seed=0)
     num_levels, n = feats.teacher.shape[:2]
-    assert n > 0 and d.prototypes.shape == (num_levels, n) and d.random.shape == (2, num_levels, n)
+    assert n > 0 and d.with_prototypes.shape == (num_levels, n) and d.with_random.shape == (2, num_levels, n)
     for l in range(num_levels):
         w = bank.robust_weights(
             feats.teacher[l], feats.student[l], torch.full((n,), l), feats.classes
         )
-        assert torch.allclose(d.prototypes[l], 1 - w, atol=1e-6), l
+        assert torch.allclose(d.with_prototypes[l], 1 - w, atol=1e-6), l
         assert torch.equal(d.has_bases[l], bank.valid[l].any(dim=1)[feats.classes])
     # a prototype's own instance has the same features as when it was chosen: discrepancy 0
     src = bank.source[bank.valid]  # (P, 2)
@@ -178,12 +177,12 @@ def test_prototype_discrepancy_is_one_minus_robust_weight(setup):
     match = (feats.image_ids[None] == src[:, :1]) & (feats.ann_index[None] == src[:, 1:])
     rows = match.float().argmax(dim=1)
     assert bool(match.any(dim=1).all())
-    assert torch.allclose(d.prototypes[level_of, rows], torch.zeros(len(rows)), atol=1e-5)
+    assert torch.allclose(d.with_prototypes[level_of, rows], torch.zeros(len(rows)), atol=1e-5)
     # random bases: same number per (level, class) as prototypes, drawn from the class
-    picked = d.random_index >= 0
+    picked = d.with_random_index >= 0
     assert torch.equal(picked.sum(dim=3), bank.valid.sum(dim=2)[None].expand(2, -1, -1))
-    cls_of_slot = torch.arange(NUM_CLASSES)[None, None, :, None].expand_as(d.random_index)
-    assert torch.equal(feats.classes[d.random_index[picked]], cls_of_slot[picked])
+    cls_of_slot = torch.arange(NUM_CLASSES)[None, None, :, None].expand_as(d.with_random_index)
+    assert torch.equal(feats.classes[d.with_random_index[picked]], cls_of_slot[picked])
     proto_vals, rand_vals = d.values()
     assert rand_vals.size == 2 * proto_vals.size == 2 * int(d.has_bases.sum())
 

@@ -2,13 +2,15 @@
 
 The paper's global-knowledge method: ``feature``, ``response``, ``global``. The comparison
 methods: ``chen_cls``, ``chen_reg``, ``chen_hint`` (Chen et al. 2017), ``fitnet``, ``fgfi``,
-``defeat``, ``rkd``, ``kd``. Any combination is valid.
+``defeat``, ``rkd``, ``kd``. Any combination is valid. Every formula is in ``losses.py``; the
+adaptation layers in ``adapters.py``; one term per module.
 """
 from .base import (
     KNOWLEDGE_REGISTRY,
     DistillSpec,
     KnowledgeTerm,
     build_knowledge_terms,
+    knowledge_class,
     register_knowledge,
 )
 from .chen import ChenClassification, ChenRegression

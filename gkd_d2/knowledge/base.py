@@ -1,9 +1,11 @@
 """The registry of knowledge terms and what every term is given.
 
 A knowledge term is an ``nn.Module`` registered in :data:`KNOWLEDGE_REGISTRY` under the name
-used in ``DISTILL.KNOWLEDGE``. It is built as ``Term(cfg, spec)`` and called as
+used in ``DISTILL.KNOWLEDGE``. Its options come through Detectron2's ``@configurable``: it is
+built as ``Term(cfg, spec)`` (``from_config`` reads the options and checks them, errors naming
+the option) or directly from keyword arguments, without a model. It is called as
 ``term(batch, prototypes)`` with a :class:`gkd_d2.structures.DistillBatch` and the
-:class:`gkd_d2.prototypes.PrototypeBank` (or None); it returns ``{"loss_kd_<name>...": Tensor}``
+:class:`gkd_d2.prototypes.PrototypeBank` (or None), and returns ``{"loss_kd_<name>...": Tensor}``
 already multiplied by its own weight (lambda).
 """
 from dataclasses import dataclass
@@ -16,12 +18,15 @@ from torch import nn
 KNOWLEDGE_REGISTRY = Registry("DISTILL_KNOWLEDGE")
 KNOWLEDGE_REGISTRY.__doc__ = "Knowledge terms selectable in cfg.DISTILL.KNOWLEDGE."
 
+#: every detector family a term may apply to (gkd_d2.detectors); "cascade" is a teacher only
+ALL_STUDENTS = ("rcnn", "retinanet", "fcos")
+ALL_TEACHERS = ("rcnn", "cascade", "retinanet", "fcos")
+
 
 def register_knowledge(name: str):
     """Class decorator: register a term under the name users write in DISTILL.KNOWLEDGE."""
 
     def deco(cls):
-        cls.name = name
         KNOWLEDGE_REGISTRY._do_register(name, cls)
         return cls
 
@@ -32,10 +37,12 @@ def register_knowledge(name: str):
 class DistillSpec:
     """Static facts about the teacher/student pair, fixed at build time.
 
-    student_type / teacher_type: "rcnn", "cascade" (teacher only) or "retinanet".
-    feature_levels: FPN levels imitated by feature terms (both backbones output them).
-    instance_levels: levels GT instances and RoIs are assigned to (P2-P5 for Faster R-CNN
-    box heads, P3-P7 for RetinaNet); strides: level name -> stride.
+    student_type / teacher_type: family names of ``gkd_d2.detectors`` ("rcnn", "cascade"
+    (teacher only), "retinanet", "fcos"). feature_levels: names of the FPN levels imitated by
+    feature terms (both backbones output them). instance_levels: names of the levels GT
+    instances and RoIs are assigned to (P2-P5 for Faster R-CNN box heads, P3-P7 for the dense
+    heads); a level *index* (``GroundTruth.level_index``) counts in this list.
+    strides: level name -> stride.
     """
 
     student_type: str
@@ -52,31 +59,26 @@ class DistillSpec:
 class KnowledgeTerm(nn.Module):
     """Base class: declares what a term needs so the wrapper computes only that."""
 
-    #: needs the RoI (Faster R-CNN) or anchor (RetinaNet) outputs of both models
+    #: needs the RoI / anchor / location outputs of both models (``batch.response``)
     needs_response: bool = False
     #: needs GT instance features pooled from both models (RDM's x_S, x_T)
     needs_instances: bool = False
     #: can only run with prototypes (DISTILL.PGM.ENABLED)
     needs_prototypes: bool = False
-    #: student types the term applies to
-    students: Tuple[str, ...] = ("rcnn", "retinanet")
-    #: teacher types the term can read from
-    teachers: Tuple[str, ...] = ("rcnn", "cascade", "retinanet")
+    #: detector families of the student the term applies to
+    students: Tuple[str, ...] = ALL_STUDENTS
+    #: detector families of the teacher the term can read from
+    teachers: Tuple[str, ...] = ALL_TEACHERS
 
 
 def build_knowledge_terms(cfg, spec: DistillSpec) -> nn.ModuleDict:
     """Instantiate ``cfg.DISTILL.KNOWLEDGE``; errors name the option and the problem."""
     names = list(cfg.DISTILL.KNOWLEDGE)
-    available = sorted(name for name, _ in KNOWLEDGE_REGISTRY)
     if len(set(names)) != len(names):
         raise ValueError(f"DISTILL.KNOWLEDGE={names} lists a term twice.")
     terms = nn.ModuleDict()
     for name in names:
-        if name not in KNOWLEDGE_REGISTRY:
-            raise ValueError(
-                f"DISTILL.KNOWLEDGE: unknown knowledge term '{name}'. Available: {available}"
-            )
-        cls = KNOWLEDGE_REGISTRY.get(name)
+        cls = knowledge_class(name)
         if spec.student_type not in cls.students:
             raise ValueError(
                 f"DISTILL.KNOWLEDGE: '{name}' does not apply to a {spec.student_type} student "
@@ -95,8 +97,23 @@ def build_knowledge_terms(cfg, spec: DistillSpec) -> nn.ModuleDict:
     return terms
 
 
+def knowledge_class(name: str):
+    """The registered term class of ``name``; an unknown name is an error listing the known ones."""
+    if name not in KNOWLEDGE_REGISTRY:
+        available = sorted(n for n, _ in KNOWLEDGE_REGISTRY)
+        raise ValueError(f"DISTILL.KNOWLEDGE: unknown knowledge term '{name}'. Available: {available}")
+    return KNOWLEDGE_REGISTRY.get(name)
+
+
 def check_weight(value, option):
     """Loss weights must be finite and >= 0."""
     if not value >= 0 or value == float("inf"):
         raise ValueError(f"{option}={value}: loss weights must be finite and >= 0.")
+    return float(value)
+
+
+def check_temperature(value, option):
+    """Temperatures must be > 0."""
+    if not value > 0:
+        raise ValueError(f"{option}={value} must be > 0.")
     return float(value)

@@ -16,56 +16,46 @@ The smooth-L1 part is Detectron2's ``loss_box_reg``; ``chen_reg`` adds ``nu L_b`
 foreground RoIs and divided by the number of sampled RoIs (Detectron2's normalisation).
 """
 import torch
-import torch.nn.functional as F
+from detectron2.config import configurable
 from detectron2.modeling.box_regression import Box2BoxTransform
 
-from .base import KnowledgeTerm, check_weight, register_knowledge
-
-
-def weighted_soft_cross_entropy(student_logits, teacher_logits, class_weights, temperature):
-    """mean_i - sum_c w_c P_T,ic log P_S,ic. logits (R, C+1), class_weights (C+1,)."""
-    t = temperature
-    p_t = F.softmax(teacher_logits / t, dim=1)
-    log_p_s = F.log_softmax(student_logits / t, dim=1)
-    return -(class_weights * p_t * log_p_s).sum(dim=1).sum() / max(1, student_logits.shape[0])
-
-
-def class_deltas(deltas: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
-    """(R, 4) deltas of each RoI's class from (R, 4C) class-specific or (R, 4) agnostic deltas."""
-    if deltas.shape[1] == 4:
-        return deltas
-    return deltas.view(deltas.shape[0], -1, 4)[torch.arange(len(classes), device=deltas.device), classes]
-
-
-def bounded_regression(student_deltas, teacher_deltas, targets, margin):
-    """(F,) per-RoI L_b: ||R_S - y||^2 where it is not below ||R_T - y||^2 - m, else 0."""
-    err_s = (student_deltas - targets).pow(2).sum(dim=1)
-    err_t = (teacher_deltas.detach() - targets).pow(2).sum(dim=1)
-    return torch.where(err_s + margin > err_t, err_s, torch.zeros_like(err_s))
+from .base import KnowledgeTerm, check_temperature, check_weight, register_knowledge
+from .losses import bounded_regression, class_deltas, weighted_soft_cross_entropy
 
 
 @register_knowledge("chen_cls")
 class ChenClassification(KnowledgeTerm):
+    """``chen_cls``: adds ``(1 - mu) / mu * L_soft`` to Detectron2's ``loss_cls``."""
+
     needs_response = True
     students = ("rcnn",)
     teachers = ("rcnn", "cascade")
 
-    def __init__(self, cfg, spec):
+    @configurable
+    def __init__(self, *, num_classes, weight=1.0, mu=0.5, bg_weight=1.5, temperature=1.0):
         super().__init__()
-        c = cfg.DISTILL.CHEN
-        self.weight = check_weight(c.CLS_WEIGHT, "DISTILL.CHEN.CLS_WEIGHT")
-        if not 0 < c.MU <= 1:
-            raise ValueError(f"DISTILL.CHEN.MU={c.MU} must be in (0, 1].")
-        if not c.TEMPERATURE > 0:
-            raise ValueError(f"DISTILL.CHEN.TEMPERATURE={c.TEMPERATURE} must be > 0.")
-        self.soft_scale = (1 - c.MU) / c.MU
-        self.temperature = float(c.TEMPERATURE)
-        w = torch.ones(spec.num_classes + 1)
-        w[-1] = check_weight(c.BG_WEIGHT, "DISTILL.CHEN.BG_WEIGHT")
+        if not 0 < mu <= 1:
+            raise ValueError(f"DISTILL.CHEN.MU={mu} must be in (0, 1].")
+        self.weight = weight
+        self.soft_scale = (1 - mu) / mu
+        self.temperature = temperature
+        w = torch.ones(num_classes + 1)
+        w[-1] = bg_weight
         self.register_buffer("class_weights", w, persistent=False)
 
+    @classmethod
+    def from_config(cls, cfg, spec):
+        c = cfg.DISTILL.CHEN
+        return {
+            "num_classes": spec.num_classes,
+            "weight": check_weight(c.CLS_WEIGHT, "DISTILL.CHEN.CLS_WEIGHT"),
+            "mu": c.MU,
+            "bg_weight": check_weight(c.BG_WEIGHT, "DISTILL.CHEN.BG_WEIGHT"),
+            "temperature": check_temperature(c.TEMPERATURE, "DISTILL.CHEN.TEMPERATURE"),
+        }
+
     def forward(self, batch, prototypes=None):
-        r = batch.rois
+        r = batch.response
         soft = weighted_soft_cross_entropy(
             r.student_logits, r.teacher_logits, self.class_weights, self.temperature
         )
@@ -74,20 +64,32 @@ class ChenClassification(KnowledgeTerm):
 
 @register_knowledge("chen_reg")
 class ChenRegression(KnowledgeTerm):
+    """``chen_reg``: adds ``nu L_b`` to Detectron2's ``loss_box_reg``."""
+
     needs_response = True
     students = ("rcnn",)
     teachers = ("rcnn", "cascade")
 
-    def __init__(self, cfg, spec):
+    @configurable
+    def __init__(self, *, num_classes, box_reg_weights, weight=0.5, margin=0.0):
         super().__init__()
+        self.weight = weight
+        self.margin = float(margin)
+        self.num_classes = num_classes
+        self.box_coder = Box2BoxTransform(weights=box_reg_weights)
+
+    @classmethod
+    def from_config(cls, cfg, spec):
         c = cfg.DISTILL.CHEN
-        self.weight = check_weight(c.REG_WEIGHT, "DISTILL.CHEN.REG_WEIGHT")
-        self.margin = float(c.MARGIN)
-        self.num_classes = spec.num_classes
-        self.box_coder = Box2BoxTransform(weights=cfg.MODEL.ROI_BOX_HEAD.BBOX_REG_WEIGHTS)
+        return {
+            "num_classes": spec.num_classes,
+            "box_reg_weights": cfg.MODEL.ROI_BOX_HEAD.BBOX_REG_WEIGHTS,
+            "weight": check_weight(c.REG_WEIGHT, "DISTILL.CHEN.REG_WEIGHT"),
+            "margin": c.MARGIN,
+        }
 
     def forward(self, batch, prototypes=None):
-        r = batch.rois
+        r = batch.response
         fg = (r.gt_classes >= 0) & (r.gt_classes < self.num_classes)
         cls = r.gt_classes[fg]
         targets = self.box_coder.get_deltas(r.proposal_boxes[fg], r.gt_boxes[fg])

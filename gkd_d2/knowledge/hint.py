@@ -5,20 +5,16 @@
 regressor (FitNet).
 """
 import torch
-import torch.nn.functional as F
+from detectron2.config import configurable
 
+from .adapters import build_adapters
 from .base import KnowledgeTerm, check_weight, register_knowledge
-from .feature import build_adapters
+from .losses import hint_loss
 
 
-def hint_loss(adapted: torch.Tensor, teacher: torch.Tensor, kind: str = "l2") -> torch.Tensor:
-    """Mean squared (``l2``) or absolute (``l1``) error per element. Shapes (B, D_T, H, W)."""
-    if kind == "l1":
-        return F.l1_loss(adapted, teacher)
-    return F.mse_loss(adapted, teacher)
-
-
-def _levels(option_value, spec, option):
+def hint_levels(option_value, spec, option):
+    """The levels of a hint term: ``option_value`` or every imitated level; each must be output
+    by both backbones."""
     levels = list(option_value) or list(spec.feature_levels)
     missing = [f for f in levels if f not in spec.student_shapes or f not in spec.teacher_shapes]
     if missing:
@@ -26,9 +22,19 @@ def _levels(option_value, spec, option):
     return levels
 
 
-class _HintTerm(KnowledgeTerm):
+class HintTerm(KnowledgeTerm):
+    """Hints on whole maps of ``levels`` through one ``kernel_size`` conv per level."""
+
+    loss_key = "loss_kd_hint"
     kernel_size = 1
-    kind = "l2"
+
+    @configurable
+    def __init__(self, *, spec, levels, weight=1.0, kind="l2"):
+        super().__init__()
+        if kind not in ("l1", "l2"):
+            raise ValueError(f"DISTILL.CHEN.HINT_LOSS='{kind}': use 'l1' or 'l2'.")
+        self.weight, self.kind, self.levels = weight, kind, list(levels)
+        self.adapters = build_adapters(spec, kernel_size=self.kernel_size, relu=False, levels=self.levels)
 
     def forward(self, batch, prototypes=None):
         losses = [
@@ -39,31 +45,35 @@ class _HintTerm(KnowledgeTerm):
 
 
 @register_knowledge("chen_hint")
-class ChenHint(_HintTerm):
+class ChenHint(HintTerm):
     """``chen_hint``: Chen et al.'s hint learning with a 1x1 adaptation layer."""
 
     loss_key = "loss_kd_chen_hint"
+    kernel_size = 1
 
-    def __init__(self, cfg, spec):
-        super().__init__()
+    @classmethod
+    def from_config(cls, cfg, spec):
         c = cfg.DISTILL.CHEN
-        self.weight = check_weight(c.HINT_WEIGHT, "DISTILL.CHEN.HINT_WEIGHT")
-        if c.HINT_LOSS not in ("l1", "l2"):
-            raise ValueError(f"DISTILL.CHEN.HINT_LOSS='{c.HINT_LOSS}': use 'l1' or 'l2'.")
-        self.kind = c.HINT_LOSS
-        self.levels = _levels(c.HINT_IN_FEATURES, spec, "DISTILL.CHEN.HINT_IN_FEATURES")
-        self.adapters = build_adapters(spec, kernel_size=1, relu=False, levels=self.levels)
+        return {
+            "spec": spec,
+            "levels": hint_levels(c.HINT_IN_FEATURES, spec, "DISTILL.CHEN.HINT_IN_FEATURES"),
+            "weight": check_weight(c.HINT_WEIGHT, "DISTILL.CHEN.HINT_WEIGHT"),
+            "kind": c.HINT_LOSS,
+        }
 
 
 @register_knowledge("fitnet")
-class FitNet(_HintTerm):
+class FitNet(HintTerm):
     """``fitnet``: L2 hints on full feature maps through a 3x3 conv regressor."""
 
     loss_key = "loss_kd_fitnet"
+    kernel_size = 3
 
-    def __init__(self, cfg, spec):
-        super().__init__()
+    @classmethod
+    def from_config(cls, cfg, spec):
         c = cfg.DISTILL.FITNET
-        self.weight = check_weight(c.WEIGHT, "DISTILL.FITNET.WEIGHT")
-        self.levels = _levels(c.IN_FEATURES, spec, "DISTILL.FITNET.IN_FEATURES")
-        self.adapters = build_adapters(spec, kernel_size=3, relu=False, levels=self.levels)
+        return {
+            "spec": spec,
+            "levels": hint_levels(c.IN_FEATURES, spec, "DISTILL.FITNET.IN_FEATURES"),
+            "weight": check_weight(c.WEIGHT, "DISTILL.FITNET.WEIGHT"),
+        }

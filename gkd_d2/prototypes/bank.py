@@ -4,22 +4,10 @@ Fixed shapes (L levels, C classes, K slots) make the prototypes part of the mode
 ``state_dict``: they are written in every checkpoint and restored by ``--resume`` with no
 special code. Slots a (level, class) did not fill stay zero with ``valid`` False.
 """
-from dataclasses import dataclass
-
 import torch
 from torch import nn
 
-from ..knowledge.global_knowledge import prototype_coefficients, robust_weights
-
-
-@dataclass
-class Relations:
-    """beta_t, beta_s (N, L_slots=C*K); slot_valid (N, C*K) bool; slot_class (C*K,)."""
-
-    beta_t: torch.Tensor
-    beta_s: torch.Tensor
-    slot_valid: torch.Tensor
-    slot_class: torch.Tensor
+from .relations import Relations, relations, robust_weights
 
 
 class PrototypeBank(nn.Module):
@@ -45,10 +33,6 @@ class PrototypeBank(nn.Module):
     def num_classes(self):
         return self.valid.shape[1]
 
-    @property
-    def num_prototypes(self):
-        return self.valid.shape[2]
-
     def is_empty(self):
         return not bool(self.valid.any())
 
@@ -66,21 +50,17 @@ class PrototypeBank(nn.Module):
         self.valid[level, cls, :k] = True
         self.source[level, cls, :k] = sources.to(self.source)
 
-    def relations(self, feats_t, feats_s, levels) -> Relations:
-        """beta of each instance against every prototype of its level, both spaces.
+    def relations(self, feats_t, feats_s, level_index) -> Relations:
+        """beta of each instance against every prototype of its level, both spaces
+        (:func:`gkd_d2.prototypes.relations.relations`).
 
-        feats_t (N, D_T), feats_s (N, D_S) (gradients flow through feats_s), levels (N,).
+        feats_t (N, D_T), feats_s (N, D_S) (gradients flow through feats_s), level_index (N,).
         """
-        num_levels, c, k = self.valid.shape
-        beta_t = prototype_coefficients(feats_t, self.teacher.view(num_levels, c * k, -1), levels)
-        beta_s = prototype_coefficients(feats_s, self.student.view(num_levels, c * k, -1), levels)
-        slot_valid = self.valid.view(num_levels, c * k)[levels]
-        slot_class = torch.arange(c, device=levels.device).repeat_interleave(k)
-        return Relations(beta_t, beta_s, slot_valid, slot_class)
+        return relations(feats_t, feats_s, self.teacher, self.student, self.valid, level_index)
 
-    def robust_weights(self, feats_t, feats_s, levels, classes):
+    def robust_weights(self, feats_t, feats_s, level_index, classes):
         """Eq. 8 for N instances (classes (N,), background or unknown -> 1). Returns (N,)."""
         if feats_t.shape[0] == 0 or self.is_empty():
             return torch.ones(feats_t.shape[0], device=self.valid.device)
-        rel = self.relations(feats_t, feats_s, levels)
+        rel = self.relations(feats_t, feats_s, level_index)
         return robust_weights(rel.beta_t, rel.beta_s, rel.slot_valid, rel.slot_class, classes)

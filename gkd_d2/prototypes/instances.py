@@ -2,7 +2,7 @@
 
 An instance is one GT box of one image. PGM samples, per class, at most ``MAX_SAMPLES``
 instances whose shorter side is at least ``MIN_SIZE`` pixels at the test-time input scale
-(seeded), and pools each at **every** instance level: ROIAlign 7x7, averaged over space.
+(seeded), and pools each at **every** instance level: ROIAlign 7x7, averaged over space (``gkd_d2.pooling``).
 Images go through the test-time transform (shortest-edge resize, no flip) so features are
 repeatable across refreshes.
 """
@@ -13,8 +13,9 @@ import numpy as np
 import torch
 from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
-from detectron2.layers import ROIAlign
 from detectron2.structures import BoxMode
+
+from ..pooling import pool_instances
 
 
 @dataclass
@@ -141,25 +142,6 @@ def load_test_inputs(records: Sequence[ImageInstances], image_format, short_edge
     return inputs, boxes
 
 
-def pool_every_level(features: Dict[str, torch.Tensor], boxes: List[torch.Tensor], levels, strides):
-    """(L, N, D): each box ROIAligned (7x7, aligned) on every level and averaged over space.
-
-    features: name -> (B, D, H, W); boxes: per image (k_b, 4) XYXY in input pixels.
-    """
-    device = features[levels[0]].device
-    rois = torch.cat(
-        [
-            torch.cat([torch.full((len(b), 1), float(i)), b], dim=1)
-            for i, b in enumerate(boxes)
-        ]
-    ).to(device)
-    out = []
-    for name in levels:
-        align = ROIAlign((7, 7), 1.0 / strides[name], 0, aligned=True)
-        out.append(align(features[name], rois.to(features[name].dtype)).mean(dim=(2, 3)))
-    return torch.stack(out)
-
-
 @torch.no_grad()
 def extract_features(
     records: Sequence[ImageInstances],
@@ -179,7 +161,7 @@ def extract_features(
     for start in range(0, len(records), batch_size):
         part = records[start : start + batch_size]
         inputs, boxes = load_test_inputs(part, image_format, short_edge, max_size)
-        chunks.append(pool_every_level(features_fn(inputs), boxes, levels, strides).float().cpu())
+        chunks.append(pool_instances(features_fn(inputs), levels, strides, boxes).float().cpu())
     if not chunks:
         return torch.zeros(len(levels), 0, 0)
     return torch.cat(chunks, dim=1)

@@ -20,15 +20,11 @@ from detectron2.data import DatasetCatalog
 from detectron2.engine import HookBase
 from detectron2.utils import comm
 
+from ..utils import eval_mode, unwrap_model
 from .instances import ImageInstances, extract_features_from_cfg, sample_instances_from_cfg
-from .selection import SELECTIONS, select_prototypes
+from .selection import check_selection, select_prototypes
 
 logger = logging.getLogger(__name__)
-
-
-def unwrap_model(model):
-    """The DistillationDetector inside a DistributedDataParallel (or itself)."""
-    return model.module if hasattr(model, "module") else model
 
 
 def training_dicts(cfg) -> List[dict]:
@@ -48,8 +44,9 @@ def _gather_cat(t: torch.Tensor) -> torch.Tensor:
     return torch.cat(parts, dim=1) if parts else t.cpu()
 
 
-class PrototypeGenerator:
-    """Samples instances once, caches the teacher's features, regenerates on demand.
+class PrototypeRefresher:
+    """Regenerates a model's prototypes: samples instances once, caches the teacher's features,
+    and at each :meth:`refresh` pools the student's and runs PGM (or another selection).
 
     Works in a single process too (``refresh`` then needs no launcher).
     """
@@ -60,11 +57,7 @@ class PrototypeGenerator:
         self.dataset_dicts = dataset_dicts if dataset_dicts is not None else training_dicts(cfg)
         self.num_prototypes = int(p.NUM_PROTOTYPES)
         self.alpha, self.sigma, self.quantile = float(p.ALPHA), float(p.SIGMA), float(p.QUANTILE)
-        self.selection, self.seed = str(p.SELECTION), int(p.SEED)
-        if self.selection not in SELECTIONS:
-            raise ValueError(
-                f"DISTILL.PGM.SELECTION='{self.selection}': choose one of {list(SELECTIONS)}."
-            )
+        self.selection, self.seed = check_selection(str(p.SELECTION)), int(p.SEED)
         self._records: Optional[List[ImageInstances]] = None
         self._meta = None  # (N, 4) long: class, image id, annotation index, box area (all processes)
         self._teacher_feats = None  # (L, N, D_T) gathered, cached
@@ -107,9 +100,7 @@ class PrototypeGenerator:
         """Regenerate ``model.prototypes``; returns stats (instances, prototypes, seconds)."""
         start = time.perf_counter()
         model = unwrap_model(model)
-        was_training = model.student.training
-        model.student.eval()
-        try:
+        with eval_mode(model.student):
             if self._records is None:
                 self._prepare(model)
             feats_s = _gather_cat(extract_features_from_cfg(self.cfg, model, model.student_features, self._records))
@@ -124,8 +115,6 @@ class PrototypeGenerator:
                 selection = self._select(feats_s)
             selection = comm.all_gather(selection)[0]
             self._fill(model.prototypes, feats_s, selection, iteration)
-        finally:
-            model.student.train(was_training)
         stats = {
             "instances": int(self._meta.shape[0]),
             "prototypes": int(model.prototypes.valid.sum()),
@@ -189,8 +178,8 @@ class PrototypeRefreshHook(HookBase):
     """
 
     def __init__(self, cfg, dataset_dicts: Optional[List[dict]] = None):
-        self.generator = PrototypeGenerator(cfg, dataset_dicts)
-        self.period = refresh_period(cfg, len(self.generator.dataset_dicts))
+        self.refresher = PrototypeRefresher(cfg, dataset_dicts)
+        self.period = refresh_period(cfg, len(self.refresher.dataset_dicts))
 
     def before_step(self):
         bank = unwrap_model(self.trainer.model).prototypes
@@ -198,7 +187,7 @@ class PrototypeRefreshHook(HookBase):
         last = int(bank.last_refresh_iter)
         if last >= 0 and it - last < self.period:
             return
-        stats = self.generator.refresh(self.trainer.model, it)
+        stats = self.refresher.refresh(self.trainer.model, it)
         storage = self.trainer.storage
         storage.put_scalar("kd/pgm_prototypes", stats["prototypes"], smoothing_hint=False)
         storage.put_scalar("kd/pgm_seconds", stats["seconds"], smoothing_hint=False)

@@ -20,6 +20,13 @@ from .pgm import generate_prototypes
 SELECTIONS = ("pgm", "kmeans", "random", "ambiguous")
 
 
+def check_selection(method: str) -> str:
+    """``DISTILL.PGM.SELECTION`` must name one of :data:`SELECTIONS`."""
+    if method not in SELECTIONS:
+        raise ValueError(f"DISTILL.PGM.SELECTION='{method}': choose one of {list(SELECTIONS)}.")
+    return method
+
+
 def kmeans_instances(x: torch.Tensor, k: int, generator: torch.Generator, iters: int = 20) -> torch.Tensor:
     """Rows of ``x`` (N, D) nearest the centres of a k-means clustering into ``k`` clusters."""
     n = x.shape[0]
@@ -64,6 +71,7 @@ def select_prototypes(
     seed: int = 0,
 ) -> torch.Tensor:
     """Row indices (LongTensor, on CPU) of the prototypes of one (level, class) by ``method``."""
+    check_selection(method)
     n = feats_t.shape[0]
     generator = torch.Generator().manual_seed(seed)
     if method == "pgm":
@@ -72,7 +80,5 @@ def select_prototypes(
         return torch.randperm(n, generator=generator)[:num_prototypes]
     if method == "ambiguous":
         return torch.argsort(areas.cpu(), stable=True)[:num_prototypes]
-    if method == "kmeans":
-        x = torch.cat([F.normalize(feats_t.float(), dim=1), F.normalize(feats_s.float(), dim=1)], 1)
-        return kmeans_instances(x.cpu(), num_prototypes, generator)
-    raise ValueError(f"DISTILL.PGM.SELECTION='{method}': choose one of {list(SELECTIONS)}.")
+    x = torch.cat([F.normalize(feats_t.float(), dim=1), F.normalize(feats_s.float(), dim=1)], 1)  # kmeans
+    return kmeans_instances(x.cpu(), num_prototypes, generator)

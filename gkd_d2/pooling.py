@@ -1,0 +1,67 @@
+"""Instance pooling, the one place it is done: boxes ROIAligned 7x7 on FPN maps, averaged over space.
+
+Used by the meta-architecture (GT instances and RoIs at their assigned level), the prototype
+refresh (every sampled instance at every level) and the visualisation and probes. The op is
+Detectron2's ``ROIAlignV2`` (``ROIAlign(7, 1/stride, sampling_ratio=0, aligned=True)``), the
+same one its ``ROIPooler`` runs.
+"""
+from typing import Dict, List, Optional, Sequence
+
+import torch
+from detectron2.layers import ROIAlign
+from detectron2.modeling.poolers import assign_boxes_to_levels
+from detectron2.structures import Boxes
+
+POOL_SIZE = 7
+#: Detectron2's FPN level rule: a box of sqrt(area) 224 goes to level 4 (P4).
+CANONICAL_BOX_SIZE, CANONICAL_LEVEL = 224, 4
+
+
+def level_range(strides: Sequence[int]):
+    """(min, max) log2 level of FPN maps of ``strides`` (e.g. strides 4..32 -> (2, 5))."""
+    levels = [int(round(torch.log2(torch.tensor(float(s))).item())) for s in strides]
+    return min(levels), max(levels)
+
+
+def assign_level_index(box_lists: List[Boxes], min_level: int, max_level: int) -> torch.Tensor:
+    """(N,) index into the levels min_level..max_level of every box (Detectron2's FPN rule)."""
+    if sum(len(b) for b in box_lists) == 0:
+        return torch.zeros(0, dtype=torch.long, device=box_lists[0].tensor.device)
+    return assign_boxes_to_levels(box_lists, min_level, max_level, CANONICAL_BOX_SIZE, CANONICAL_LEVEL)
+
+
+def _rois(boxes: List[torch.Tensor], device, dtype) -> torch.Tensor:
+    """(N, 5) (image index, x0, y0, x1, y1) from per-image (k_b, 4) boxes."""
+    index = torch.repeat_interleave(
+        torch.arange(len(boxes)), torch.tensor([len(b) for b in boxes], dtype=torch.long)
+    )
+    flat = torch.cat([b.reshape(-1, 4).to(device) for b in boxes]) if boxes else torch.zeros(0, 4)
+    return torch.cat([index.to(device=device, dtype=flat.dtype)[:, None], flat], dim=1).to(dtype)
+
+
+def pool_instances(
+    features: Dict[str, torch.Tensor],
+    level_names: Sequence[str],
+    strides: Dict[str, int],
+    boxes: List[torch.Tensor],
+    level_index: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
+    """Instance features from FPN maps ``features`` (name -> (B, D, H, W)).
+
+    boxes: per image (k_b, 4) XYXY in input pixels (N boxes in all, in image order).
+    With ``level_index`` (N,) (index into ``level_names``): each box pooled at its own level,
+    (N, D). Without: every box pooled at every level, (L, N, D).
+    """
+    first = features[level_names[0]]
+    rois = _rois(boxes, first.device, first.dtype)
+    aligners = [ROIAlign((POOL_SIZE, POOL_SIZE), 1.0 / strides[f], 0, aligned=True) for f in level_names]
+    if level_index is None:
+        return torch.stack(
+            [a(features[f], rois).mean(dim=(2, 3)) for a, f in zip(aligners, level_names)]
+        )
+    out = first.new_zeros(rois.shape[0], first.shape[1], POOL_SIZE, POOL_SIZE)
+    for i, (a, f) in enumerate(zip(aligners, level_names)):  # levels, not boxes
+        inds = torch.nonzero(level_index == i, as_tuple=True)[0]
+        if len(inds):
+            out[inds] = a(features[f], rois[inds])
+    return out.mean(dim=(2, 3))

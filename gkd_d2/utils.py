@@ -1,0 +1,20 @@
+"""Small helpers used across gkd_d2: the DDP unwrap and the eval-mode switch."""
+from contextlib import contextmanager
+
+from torch import nn
+
+
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The module inside a ``DistributedDataParallel`` (or ``model`` itself)."""
+    return model.module if hasattr(model, "module") else model
+
+
+@contextmanager
+def eval_mode(module: nn.Module):
+    """Run the block with ``module`` in eval mode, then restore its previous mode."""
+    was_training = module.training
+    module.eval()
+    try:
+        yield module
+    finally:
+        module.train(was_training)

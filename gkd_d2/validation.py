@@ -1,0 +1,35 @@
+"""Checks of the ``DISTILL`` options at build time; every error names the option and the fix.
+
+Loss weights and term options are checked by each knowledge term (``knowledge/base.py``), the
+teacher/student pair by the detector families (``detectors/``).
+"""
+from .config import SUPPORTED_STUDENTS
+from .prototypes.selection import check_selection
+
+
+def validate_distill_config(cfg):
+    """Check ``DISTILL.STUDENT_ARCHITECTURE``, ``DISTILL.PGM`` and ``DISTILL.VIS``."""
+    arch = cfg.DISTILL.STUDENT_ARCHITECTURE
+    if arch not in SUPPORTED_STUDENTS:
+        raise ValueError(
+            f"DISTILL.STUDENT_ARCHITECTURE='{arch}' is not supported; "
+            f"choose one of {list(SUPPORTED_STUDENTS)}."
+        )
+    p = cfg.DISTILL.PGM
+    rules = [
+        ("NUM_PROTOTYPES", p.NUM_PROTOTYPES >= 1, "must be >= 1"),
+        ("ALPHA", p.ALPHA >= 0, "must be >= 0"),
+        ("SIGMA", p.SIGMA > 0, "must be > 0"),
+        ("QUANTILE", 0 <= p.QUANTILE < 1, "must be in [0, 1)"),
+        ("MAX_SAMPLES", p.MAX_SAMPLES >= 1, "must be >= 1"),
+        ("MIN_SIZE", p.MIN_SIZE >= 0, "must be >= 0 (pixels)"),
+        ("PERIOD", p.PERIOD >= 0, "must be >= 1 iteration, or 0 for one epoch of DATASETS.TRAIN"),
+        ("BATCH_SIZE", p.BATCH_SIZE >= 1, "must be >= 1"),
+    ]
+    for key, ok, fix in rules:
+        if not ok:
+            raise ValueError(f"DISTILL.PGM.{key}={p[key]!r}: {fix}.")
+    check_selection(p.SELECTION)
+    for key in ("OVERLAY_IMAGES", "OVERLAY_PERIOD"):
+        if cfg.DISTILL.VIS[key] < 0:
+            raise ValueError(f"DISTILL.VIS.{key}={cfg.DISTILL.VIS[key]}: must be >= 0 (0 = off).")
