@@ -18,16 +18,24 @@ import sys
 import time
 
 import torch
+import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests"))
 from common import RESULTS, machine  # noqa: E402
-from helpers import composite_binary_kl  # noqa: E402  (the formula as the project wrote it before)
 
-from gkd_d2.knowledge.response import anchor_binary_kl  # noqa: E402
+from gkd_d2.knowledge.losses import anchor_binary_kl  # noqa: E402
 
 ANCHORS_PER_IMAGE = sum(9 * s * s for s in (100, 50, 25, 13, 7))  # P3-P7 of an 800 px image
 T = 2.0
+
+
+def composite_binary_kl(zs, zt, t):
+    """The same KL with PyTorch's composite ops: T^2 sum_c [BCE(zs/T, p_T) - H(p_T)], (B, A)."""
+    p = torch.sigmoid(zt / t)
+    kl = F.binary_cross_entropy_with_logits(zs / t, p, reduction="none") - F.binary_cross_entropy_with_logits(
+        zt / t, p, reduction="none"
+    )
+    return kl.sum(-1) * t * t
 
 
 def main():

@@ -22,21 +22,17 @@ from detectron2.modeling import build_model
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import RESULTS, ROOT, load_cfg, machine  # noqa: E402
 
-from gkd_d2 import PrototypeGenerator  # noqa: E402
+from gkd_d2 import PrototypeRefresher  # noqa: E402
+from gkd_d2.config import DEMO_CONFIGS  # noqa: E402
 from gkd_d2.data.builtin import register_datasets_from_cfg  # noqa: E402
-
-CONFIGS = {
-    "faster_rcnn": ("configs/Demo/teacher_faster_rcnn_R34_FPN.yaml", "configs/Demo/gkd_faster_rcnn_R34_to_R18_FPN.yaml"),
-    "retinanet": ("configs/Demo/teacher_retinanet_R34_FPN.yaml", "configs/Demo/gkd_retinanet_R34_to_R18_FPN.yaml"),
-}
 
 
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--detector", choices=sorted(CONFIGS), default="faster_rcnn")
+    parser.add_argument("--detector", choices=sorted(DEMO_CONFIGS), default="faster_rcnn")
     args = parser.parse_args()
-    teacher_yaml, gkd_yaml = CONFIGS[args.detector]
+    teacher_yaml, _, gkd_yaml = DEMO_CONFIGS[args.detector]
     weights = os.path.join(ROOT, "output/demo", args.detector, "teacher/model_final.pth")
     if not os.path.isfile(weights):
         tcfg = load_cfg(teacher_yaml, ["MODEL.DEVICE", "cpu"])
@@ -45,14 +41,14 @@ def main():
     cfg = load_cfg(gkd_yaml, ["MODEL.DEVICE", args.device, "DISTILL.TEACHER.WEIGHTS", weights])
     register_datasets_from_cfg(cfg)
     model = build_model(cfg)
-    gen = PrototypeGenerator(cfg)
-    first = gen.refresh(model, 0)
-    second = gen.refresh(model, 1)
+    refresher = PrototypeRefresher(cfg)
+    first = refresher.refresh(model, 0)
+    second = refresher.refresh(model, 1)
     result = {
         **machine(args.device),
         "detector": args.detector,
         "config": gkd_yaml,
-        "train_images": len(gen.dataset_dicts),
+        "train_images": len(refresher.dataset_dicts),
         "instances": first["instances"],
         "prototypes": first["prototypes"],
         "levels": model.instance_levels,

@@ -1,12 +1,13 @@
-"""Helpers shared by the benchmark scripts: machine description, config loading."""
+"""Helpers shared by the benchmark scripts: machine description, config loading, a random
+training batch."""
 import datetime
 import os
 import platform
 
 import torch
-from detectron2.config import get_cfg
+from detectron2.structures import Boxes, Instances
 
-from gkd_d2 import add_distill_config
+from gkd_d2.config import load_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS = os.path.join(ROOT, "benchmarks", "results")
@@ -33,8 +34,22 @@ def machine(device="cpu"):
 
 
 def load_cfg(path, opts=()):
-    cfg = get_cfg()
-    add_distill_config(cfg)
-    cfg.merge_from_file(os.path.join(ROOT, path))
-    cfg.merge_from_list(list(opts))
-    return cfg
+    """:func:`gkd_d2.config.load_config` of ``path`` relative to the repository root."""
+    return load_config(os.path.join(ROOT, path), opts)
+
+
+def random_batch(boxes_per_image, size, num_classes, seed=0):
+    """Detectron2 training inputs: random ``size`` px images; image i gets ``n`` random GT boxes
+    (8 px a side at least) of classes ``first, first + 1, ...`` mod ``num_classes``, for each
+    ``(n, first)`` of ``boxes_per_image``."""
+    g = torch.Generator().manual_seed(seed)
+    batch = []
+    for n, first in boxes_per_image:
+        image = torch.randint(0, 255, (3, size, size), generator=g, dtype=torch.uint8)
+        corner = torch.rand(n, 2, generator=g) * size * 0.5
+        extent = 8 + torch.rand(n, 2, generator=g) * size * 0.4
+        boxes = Boxes(torch.cat([corner, (corner + extent).clamp(max=size - 1)], dim=1))
+        classes = (torch.arange(n) + first) % num_classes
+        instances = Instances((size, size), gt_boxes=boxes, gt_classes=classes)
+        batch.append({"image": image, "instances": instances, "height": size, "width": size})
+    return batch

@@ -7,11 +7,11 @@ import os
 import torch
 
 from common import RESULTS, load_cfg, machine
-from quality import CONFIGS
 
 from detectron2.data import DatasetCatalog
 
 from gkd_d2 import DistillTrainer
+from gkd_d2.config import DEMO_CONFIGS
 from gkd_d2.data.builtin import register_datasets_from_cfg
 from gkd_d2.prototypes.instances import load_test_inputs, sample_instances
 
@@ -19,7 +19,7 @@ from gkd_d2.prototypes.instances import load_test_inputs, sample_instances
 def probe_parser(doc):
     """--detector, --runs and the replica's data options (as ``quality.py`` ran them)."""
     p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--detector", choices=sorted(CONFIGS), default="faster_rcnn")
+    p.add_argument("--detector", choices=sorted(DEMO_CONFIGS), default="faster_rcnn")
     p.add_argument("--runs", nargs="+", required=True, help="run folders under <output>/<detector>")
     p.add_argument("--output", default="output/quality")
     p.add_argument("--num-train", type=int, default=2000)
@@ -34,7 +34,7 @@ def probe_model(args, knowledge, prototypes: bool):
     torch.set_grad_enabled(False)
     out = os.path.join(args.output, args.detector)
     cfg = load_cfg(
-        CONFIGS[args.detector][2],
+        DEMO_CONFIGS[args.detector][2],
         [
             "MODEL.DEVICE", "cpu", "DATASETS.SYNTHETIC.ROOT", os.path.join(args.output, "data"),
             "DATASETS.SYNTHETIC.NUM_TRAIN", str(args.num_train), "DATASETS.SYNTHETIC.NUM_VAL", str(args.num_val),

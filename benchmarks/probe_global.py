@@ -33,14 +33,16 @@ import sys
 import numpy as np
 import torch
 from PIL import Image
+from detectron2.modeling.poolers import ROIPooler
 from detectron2.structures import Boxes
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from probe_common import probe_model, probe_parser, run_state, validation_inputs, write_probe  # noqa: E402
 
-from gkd_d2.knowledge.global_knowledge import global_knowledge_loss, robust_weights  # noqa: E402
-from gkd_d2.prototypes.refresh import PrototypeGenerator  # noqa: E402
-from gkd_d2.structures import GroundTruth  # noqa: E402
+from gkd_d2.knowledge.losses import global_knowledge_loss  # noqa: E402
+from gkd_d2.pooling import POOL_SIZE, assign_level_index, pool_instances  # noqa: E402
+from gkd_d2.prototypes import PrototypeRefresher  # noqa: E402
+from gkd_d2.prototypes.relations import robust_weights  # noqa: E402
 
 PAIRS = ((0, 1), (2, 3))  # disc/ring, square/striped_square
 
@@ -54,12 +56,16 @@ def instance_views(model, detector, features_fn, inputs, boxes, step):
     ``inputs``: Detectron2 test-time inputs; ``boxes``: per image (k, 4) in input pixels.
     """
     views = {"mean": [], "spatial": [], "box_head": [], "predicted": []}
+    levels = model.instance_levels
+    # the 7x7 cells before the mean: Detectron2's pooler, the same ROIAlignV2 and level rule
+    cell_pooler = ROIPooler(POOL_SIZE, tuple(1.0 / model.strides[f] for f in levels), 0, "ROIAlignV2")
     for start in range(0, len(inputs), step):
         feats = features_fn(inputs[start : start + step])
-        box_lists = [Boxes(b) for b in boxes[start : start + step]]
-        cells = model.instance_pooler([feats[f] for f in model.instance_levels], box_lists)
-        views["mean"].append(cells.mean(dim=(2, 3)))
-        views["spatial"].append(cells.flatten(1))
+        chunk = boxes[start : start + step]
+        box_lists = [Boxes(b) for b in chunk]
+        level_index = assign_level_index(box_lists, *model.student_family.level_range)
+        views["mean"].append(pool_instances(feats, levels, model.strides, chunk, level_index))
+        views["spatial"].append(cell_pooler([feats[f] for f in levels], box_lists).flatten(1))
         heads = getattr(detector, "roi_heads", None)
         if heads is not None:
             pooled = heads.box_pooler([feats[f] for f in heads.box_in_features], box_lists)
@@ -142,7 +148,7 @@ def main():
 
     # Every validation GT instance (no size filter), at its assigned level.
     records, inputs, boxes = validation_inputs(cfg, num_classes)
-    levels = GroundTruth.levels_of([Boxes(b) for b in boxes], model._min_level, model._max_level)
+    levels = assign_level_index([Boxes(b) for b in boxes], *model.student_family.level_range)
     step = int(cfg.DISTILL.PGM.BATCH_SIZE)
     classes = torch.as_tensor(np.concatenate([r.classes for r in records])).long()
     pair_mask = torch.zeros_like(classes, dtype=torch.bool)
@@ -156,7 +162,7 @@ def main():
     print(f"{len(classes)} validation instances, per level {torch.bincount(levels).tolist()}", flush=True)
     print(rows[0], flush=True)
 
-    refresher = PrototypeGenerator(cfg)
+    refresher = PrototypeRefresher(cfg)
     for run in args.runs:
         state = run_state(args, run)
         student = {k[len("student."):]: v for k, v in state.items() if k.startswith("student.")} or state

@@ -28,12 +28,11 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import RESULTS, load_cfg, machine  # noqa: E402
 
 from gkd_d2 import DistillationCheckpointer, DistillTrainer  # noqa: E402
+from gkd_d2.config import DEMO_CONFIGS  # noqa: E402
 from gkd_d2.data.builtin import register_datasets_from_cfg  # noqa: E402
+from gkd_d2.utils import unwrap_model  # noqa: E402
 
-CONFIGS = {
-    "faster_rcnn": ("configs/Demo/teacher_faster_rcnn_R34_FPN.yaml", "configs/Demo/student_faster_rcnn_R18_FPN.yaml", "configs/Demo/gkd_faster_rcnn_R34_to_R18_FPN.yaml"),
-    "retinanet": ("configs/Demo/teacher_retinanet_R34_FPN.yaml", "configs/Demo/student_retinanet_R18_FPN.yaml", "configs/Demo/gkd_retinanet_R34_to_R18_FPN.yaml"),
-}
+CONFIGS = DEMO_CONFIGS  # the name probe_data.py imports
 # method name -> (DISTILL.KNOWLEDGE, prototypes on, DISTILL.PGM.SELECTION)
 METHODS = {
     "gkd": (["feature", "response", "global"], True, "pgm"),
@@ -75,7 +74,7 @@ def train_eval(cfg):
     start = time.perf_counter()
     trainer.train()
     seconds = time.perf_counter() - start
-    model = trainer.model.module if hasattr(trainer.model, "module") else trainer.model
+    model = unwrap_model(trainer.model)
     bbox = DistillTrainer.test(cfg, model)["bbox"]
     return {k: float(bbox[k]) for k in METRICS}, seconds
 
@@ -97,7 +96,7 @@ def save(record, path):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--detector", choices=sorted(CONFIGS), default="faster_rcnn")
+    p.add_argument("--detector", choices=sorted(DEMO_CONFIGS), default="faster_rcnn")
     p.add_argument("--device", default="cpu")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     p.add_argument("--methods", nargs="+", default=["student", "gkd"])
@@ -119,7 +118,7 @@ def main():
     setup_logger()
     setup_logger(name="gkd_d2")
     logging.getLogger("detectron2").setLevel(logging.INFO)
-    teacher_yaml, student_yaml, gkd_yaml = CONFIGS[args.detector]
+    teacher_yaml, student_yaml, gkd_yaml = DEMO_CONFIGS[args.detector]
     out = os.path.join(args.output, args.detector)
     common = [
         "MODEL.DEVICE", args.device, "DATALOADER.NUM_WORKERS", str(args.workers),

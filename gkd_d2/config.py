@@ -86,7 +86,7 @@ def add_distill_config(cfg):
     # "kmeans", "random", "ambiguous" (the smallest instances). gkd_d2/prototypes/selection.py
     _C.DISTILL.PGM.SELECTION = "pgm"
 
-    # Visualisation of the prototypes and robust weights (gkd_d2/visualization.py).
+    # Visualisation of the prototypes and robust weights (gkd_d2/visualization/hook.py).
     _C.DISTILL.VIS = CN()
     # RobustWeightOverlayHook: draw the robust weights (Eq. 8) of the GT boxes of the first
     # OVERLAY_IMAGES images of DATASETS.TRAIN to OUTPUT_DIR/robust_weights/iter_*/; 0 = off.
@@ -194,16 +194,18 @@ DEMO_CONFIGS = {
     ),
 }
 
-#: Nodes gkd_d2 adds that stock Detectron2 does not know (MODEL.FCOS stays: FCOS needs it).
-GKD_ONLY_NODES = (("DISTILL",), ("DATASETS", "SYNTHETIC"), ("DATASETS", "SHAPES"))
+#: Nodes gkd_d2 adds that stock Detectron2 does not know.
+GKD_ONLY_NODES = (("DISTILL",), ("DATASETS", "SYNTHETIC"), ("DATASETS", "SHAPES"), ("MODEL", "FCOS"))
 
 
 def plain_detectron2_config(cfg) -> CN:
     """A copy of ``cfg`` without the gkd_d2-only nodes (:data:`GKD_ONLY_NODES`): what an exported
-    student or a plain teacher config is written with."""
+    student or a plain teacher config is written with. ``MODEL.FCOS`` stays when the model (or
+    the distilled student) is an FCOS: it is that model's own description."""
+    fcos = "FCOS" in (cfg.MODEL.META_ARCHITECTURE, cfg.get("DISTILL", {}).get("STUDENT_ARCHITECTURE"))
     out = cfg.clone()
     out.defrost()
-    for path in GKD_ONLY_NODES:
+    for path in GKD_ONLY_NODES[:-1] if fcos else GKD_ONLY_NODES:
         node = out
         for key in path[:-1]:
             node = node.get(key, {})

@@ -177,3 +177,43 @@ def test_empty_bank_gives_weight_one():
     assert torch.equal(w, torch.ones(3))
     rel = bank.relations(torch.randn(3, 4), torch.randn(3, 6), torch.zeros(3, dtype=torch.long))
     assert torch.isfinite(rel.beta_s).all() and not rel.slot_valid.any()
+
+
+def test_terms_build_from_keywords_without_a_model():
+    """@configurable: a term is built from its options alone and applied to a hand-made batch;
+    from a cfg it reads the same options."""
+    from detectron2.config import get_cfg
+
+    from gkd_d2 import add_distill_config
+    from gkd_d2.knowledge import GlobalKnowledge, ResponseKnowledge
+    from gkd_d2.structures import DenseResponse
+
+    term = ResponseKnowledge(weight=0.5, temperature=2.0, use_robust_weights=True)
+    zs, zt = torch.tensor([[[1.0, -2.0], [0.5, 0.0]]]), torch.tensor([[[0.0, 1.0], [0.5, 0.0]]])
+    response = DenseResponse(
+        student_logits=zs,
+        labels=torch.tensor([[0, 2]]),
+        matched_gt=torch.tensor([[0, -1]]),
+        response_mask=torch.tensor([[True, True]]),
+        normalizer=1.0,
+        teacher_logits=zt,
+    )
+    response.assign_robust_weights(torch.tensor([0.25]), prototypes=None)
+    assert torch.equal(response.weights, torch.tensor([[0.25, 1.0]]))
+
+    class Batch:  # the one field the term reads
+        pass
+
+    batch = Batch()
+    batch.response = response
+    loss = term(batch)["loss_kd_response"]
+    expected = 0.5 * (0.25 * composite_binary_kl(zs, zt, 2.0)[0, 0] + composite_binary_kl(zs, zt, 2.0)[0, 1])
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+
+    cfg = get_cfg()
+    add_distill_config(cfg)
+    cfg.DISTILL.GLOBAL.WEIGHT = 3.0
+    assert GlobalKnowledge(cfg, None).weight == 3.0 == GlobalKnowledge(weight=3.0).weight
+    cfg.DISTILL.RESPONSE.TEMPERATURE = 0.0
+    with pytest.raises(ValueError, match="DISTILL.RESPONSE.TEMPERATURE=0.0 must be > 0"):
+        ResponseKnowledge(cfg, None)

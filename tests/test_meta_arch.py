@@ -105,6 +105,22 @@ def test_batch_without_gt_boxes(arch, request):
         for k, v in losses.items():
             assert torch.isfinite(v), k
         sum(losses.values()).backward()
+    # No GT at all: no instance, so no global knowledge; every cell is background, so the
+    # feature term is gamma_bg * mean over levels of sum(E) / (2 * cells), E the per-cell
+    # channel mean of (F_T - A(F_S))^2; FCOS has no positive location, so no response.
+    assert losses["loss_kd_global"].item() == 0.0
+    with torch.no_grad():
+        s_feats, t_feats = model.student_features(batch), model.teacher_features(batch)
+        term = model.knowledge["feature"]
+        per_level = [
+            (t_feats[f] - term.adapters[f](s_feats[f])).pow(2).mean(dim=1).mean() / 2 for f in term.levels
+        ]
+        expected = term.gamma_bg * torch.stack(per_level).mean()
+    assert losses["loss_kd_feature"].item() == pytest.approx(expected.item(), rel=1e-5)
+    if arch == "FCOS":
+        assert losses["loss_kd_response"].item() == 0.0
+    else:
+        assert losses["loss_kd_response"].item() > 0  # background RoIs / anchors still count
 
 
 def test_missing_teacher_weights_file(rcnn_teacher, tmp_path):

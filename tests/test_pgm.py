@@ -1,4 +1,4 @@
-"""PGM (METHOD.md section 2): closed form, greedy choice, density filter, edge cases."""
+"""PGM (docs/method.md, "Prototype Generation Module"): closed form, greedy choice, density filter, edge cases."""
 import numpy as np
 import pytest
 import torch

@@ -349,7 +349,7 @@ def test_cli_end_to_end_regenerates_empty_prototypes(setup, tmp_path):
         env={**os.environ, "OMP_NUM_THREADS": "2"},
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert "has no prototypes: regenerating them with PrototypeGenerator" in proc.stdout
+    assert "has no prototypes: regenerating them with PrototypeRefresher" in proc.stdout
     expected = {f"gallery_{lv}.png" for lv in setup.model.instance_levels} | {
         "discrepancy_histogram.png"
     }

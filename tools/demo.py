@@ -29,30 +29,19 @@ import sys
 import time
 
 import torch
-from detectron2.config import get_cfg
 from detectron2.utils.logger import setup_logger
 
-from gkd_d2 import DistillationCheckpointer, DistillTrainer, add_distill_config
+from gkd_d2 import DistillationCheckpointer, DistillTrainer
+from gkd_d2.config import DEMO_CONFIGS, load_config
 from gkd_d2.data.builtin import register_datasets_from_cfg
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CONFIGS = {
-    "faster_rcnn": (
-        "configs/Demo/teacher_faster_rcnn_R34_FPN.yaml",
-        "configs/Demo/student_faster_rcnn_R18_FPN.yaml",
-        "configs/Demo/gkd_faster_rcnn_R34_to_R18_FPN.yaml",
-    ),
-    "retinanet": (
-        "configs/Demo/teacher_retinanet_R34_FPN.yaml",
-        "configs/Demo/student_retinanet_R18_FPN.yaml",
-        "configs/Demo/gkd_retinanet_R34_to_R18_FPN.yaml",
-    ),
-}
 # Loss weights of the distillation stage. The configs keep the paper's (all 1, global 5); trained
 # from scratch for minutes, the benchmarks (benchmarks/NOTES.md, 2 seeds) found them no better
 # than the student alone: RetinaNet's all-anchor response term swamps the focal loss (1.37 AP vs
 # 1.35; 2.02 with lambda_resp 0.02) and Faster R-CNN's feature term costs AP (3.13 vs 3.38; 4.08
-# with lambda_feat 0.1). The demo uses the weights that work at its scale.
+# with lambda_feat 0.1). The demo uses the weights that work at its scale, and offers the
+# detectors (of gkd_d2.config.DEMO_CONFIGS) that have such weights here.
 DEMO_WEIGHTS = {
     "retinanet": ["DISTILL.RESPONSE.WEIGHT", "0.02"],
     "faster_rcnn": ["DISTILL.FEATURE.WEIGHT", "0.1"],
@@ -61,10 +50,7 @@ METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 
 
 def load_cfg(path, opts):
-    cfg = get_cfg()
-    add_distill_config(cfg)
-    cfg.merge_from_file(os.path.join(ROOT, path))
-    cfg.merge_from_list(opts)
+    cfg = load_config(os.path.join(ROOT, path), opts)
     cfg.freeze()
     return cfg
 
@@ -99,7 +85,7 @@ def train_and_evaluate(cfg, retrain):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--detector", choices=sorted(CONFIGS), default="retinanet")
+    parser.add_argument("--detector", choices=sorted(DEMO_WEIGHTS), default="retinanet")
     parser.add_argument("--iters", type=int, default=800, help="student and distillation iterations")
     parser.add_argument("--teacher-iters", type=int, default=1200)
     parser.add_argument("--num-train", type=int, default=2000, help="synthetic training images")
@@ -117,7 +103,7 @@ def main():
     setup_logger()
     logging.getLogger("detectron2").setLevel(logging.INFO)
 
-    teacher_yaml, student_yaml, gkd_yaml = CONFIGS[args.detector]
+    teacher_yaml, student_yaml, gkd_yaml = DEMO_CONFIGS[args.detector]
     out = os.path.join(args.output, args.detector)
     common = [  # every stage: the data and the seed
         "DATASETS.SYNTHETIC.NUM_TRAIN", str(args.num_train),

@@ -14,21 +14,16 @@ import os
 import sys
 
 import torch
-from detectron2.config import get_cfg
-
-from gkd_d2 import add_distill_config
+from gkd_d2.config import load_config, plain_detectron2_config
 
 PREFIX = "student."
 
 
 def student_config(cfg, weights_path):
     """The plain Detectron2 config of the student of distillation config ``cfg``."""
-    out = cfg.clone()
-    out.defrost()
+    out = plain_detectron2_config(cfg)
     out.MODEL.META_ARCHITECTURE = cfg.DISTILL.STUDENT_ARCHITECTURE
     out.MODEL.WEIGHTS = weights_path
-    out.pop("DISTILL")
-    out.DATASETS.pop("SYNTHETIC", None)
     return out
 
 
@@ -48,10 +43,7 @@ def student_state_dict(checkpoint_path):
 
 
 def export(config_file, checkpoint, output_dir, opts=()):
-    cfg = get_cfg()
-    add_distill_config(cfg)
-    cfg.merge_from_file(config_file)
-    cfg.merge_from_list(list(opts))
+    cfg = load_config(config_file, opts)
     state = student_state_dict(checkpoint)
     os.makedirs(output_dir, exist_ok=True)
     weights = os.path.join(output_dir, "model_final.pth")

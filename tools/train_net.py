@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Train or evaluate a distilled detector, Detectron2 style.
 
-    python tools/train_net.py --config-file configs/Demo/gkd_faster_rcnn_R18_from_R50.yaml
+    python tools/train_net.py --config-file configs/Demo/gkd_faster_rcnn_R34_to_R18_FPN.yaml
     python tools/train_net.py --config-file CFG --num-gpus 8
     python tools/train_net.py --config-file CFG --eval-only MODEL.WEIGHTS output/model_final.pth
     python tools/train_net.py --config-file CFG --resume
@@ -13,22 +13,19 @@ Ctrl-C (or SIGTERM) finishes the current iteration, saves a checkpoint and exits
 import logging
 import sys
 
-from detectron2.config import get_cfg
 from detectron2.engine import default_argument_parser, default_setup, launch
 from detectron2.evaluation import verify_results
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
-from gkd_d2 import DistillationCheckpointer, DistillTrainer, add_distill_config
+from gkd_d2 import DistillationCheckpointer, DistillTrainer
+from gkd_d2.config import load_config
 from gkd_d2.data.builtin import register_datasets_from_cfg
 from gkd_d2.resume import TrainingInterrupted
 
 
 def setup(args):
-    cfg = get_cfg()
-    add_distill_config(cfg)
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
+    cfg = load_config(args.config_file, args.opts)
     cfg.freeze()
     default_setup(cfg, args)
     setup_logger(output=cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="gkd_d2")

@@ -18,7 +18,7 @@ writes, in ``--output``:
 and prints their paths and the two mean discrepancies. The instances are those PGM samples
 (``DISTILL.PGM.*``, from ``DISTILL.PGM.DATASETS`` or ``DATASETS.TRAIN``). A checkpoint without
 prototypes (e.g. a plain detector, or one written before the first refresh) gets them
-regenerated with ``PrototypeGenerator`` first.
+regenerated with ``PrototypeRefresher`` first.
 """
 
 import argparse
@@ -26,20 +26,16 @@ import os
 import sys
 
 import torch
-from detectron2.config import get_cfg
 from detectron2.data import MetadataCatalog
 from detectron2.modeling import build_model
 from detectron2.utils.logger import setup_logger
 
-from gkd_d2 import DistillationCheckpointer, PrototypeGenerator, add_distill_config
+from gkd_d2 import DistillationCheckpointer, PrototypeRefresher
+from gkd_d2.config import load_config
 from gkd_d2.data.builtin import register_datasets_from_cfg
 from gkd_d2.prototypes.refresh import training_dicts
-from gkd_d2.visualization import (
-    bank_discrepancy,
-    discrepancy_histogram,
-    prototype_gallery,
-    sampled_instance_features,
-)
+from gkd_d2.visualization.analysis import bank_discrepancy, sampled_instance_features
+from gkd_d2.visualization.drawing import discrepancy_histogram, prototype_gallery
 
 
 class OptionError(ValueError):
@@ -52,10 +48,7 @@ def setup(config_file, checkpoint, opts=()):
         raise OptionError(f"--checkpoint '{checkpoint}': no such file.")
     if not os.path.isfile(config_file):
         raise OptionError(f"--config-file '{config_file}': no such file.")
-    cfg = get_cfg()
-    add_distill_config(cfg)
-    cfg.merge_from_file(config_file)
-    cfg.merge_from_list(list(opts))
+    cfg = load_config(config_file, opts)
     if cfg.MODEL.META_ARCHITECTURE != "DistillationDetector":
         raise OptionError(
             f"--config-file '{config_file}': MODEL.META_ARCHITECTURE is "
@@ -95,9 +88,9 @@ def visualize(
         iteration = int(extra.get("iteration", 0)) if isinstance(extra, dict) else 0
         log(
             f"The checkpoint '{checkpoint}' has no prototypes: regenerating them with "
-            f"PrototypeGenerator (DISTILL.PGM.*) from {len(dicts)} images."
+            f"PrototypeRefresher (DISTILL.PGM.*) from {len(dicts)} images."
         )
-        PrototypeGenerator(cfg, dicts).refresh(model, iteration)
+        PrototypeRefresher(cfg, dicts).refresh(model, iteration)
         if bank.is_empty():
             log(
                 "PGM found no prototype (too few instances per class above DISTILL.PGM.MIN_SIZE?): "

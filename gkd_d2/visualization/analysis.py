@@ -264,7 +264,7 @@ def bank_discrepancy(
     )
 
 
-def _xyxy(ann):
+def annotation_xyxy(ann):
     return np.asarray(
         BoxMode.convert(list(ann["bbox"]), ann["bbox_mode"], BoxMode.XYXY_ABS), dtype=np.float64
     )
@@ -294,7 +294,7 @@ def _gt_record(d, index):
         raw = np.asarray([a["bbox"] for a in anns], dtype=np.float64).reshape(-1, 4)
         boxes = BoxMode.convert(raw, modes.pop(), BoxMode.XYXY_ABS).astype(np.float32)
     else:
-        boxes = np.asarray([_xyxy(a) for a in anns], dtype=np.float32).reshape(-1, 4)
+        boxes = np.asarray([annotation_xyxy(a) for a in anns], dtype=np.float32).reshape(-1, 4)
     return ImageInstances(
         file_name=d["file_name"],
         image_id=int(d.get("image_id", index)),

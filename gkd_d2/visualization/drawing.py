@@ -15,7 +15,7 @@ from ..utils import unwrap_model
 from .analysis import (
     ImageRobustWeights,
     InstanceFeatures,
-    _xyxy,
+    annotation_xyxy,
     robust_weight_stats,
     sampled_instance_features,
 )
@@ -241,7 +241,7 @@ def prototype_gallery(
                         font=small,
                     )
                     continue
-                box = _xyxy(by_id[image_id]["annotations"][ann])
+                box = annotation_xyxy(by_id[image_id]["annotations"][ann])
                 canvas.paste(
                     _cell_image(image_of(image_id), box, cell_size - 2, margin), (x + 1, y + 1)
                 )
