@@ -50,7 +50,7 @@ def test_discrepancy_is_zero_when_teacher_equals_student():
     assert torch.allclose(d.with_prototypes, torch.zeros(12), atol=1e-6)
     assert torch.allclose(d.with_random, torch.zeros(3, 12), atol=1e-6)
     # random bases: as many as prototypes (2 for class 0, 1 for class 1, none for class 2)
-    assert (d.with_random_index >= 0).sum(dim=2).tolist() == [[2, 1, 0]] * 3
+    assert (d.random_index >= 0).sum(dim=2).tolist() == [[2, 1, 0]] * 3
 
 
 def test_discrepancy_hand_computed():
@@ -71,16 +71,16 @@ def test_discrepancy_hand_computed():
     assert d.has_bases.tolist() == [True, True, False]
     # random bases: one instance of class 0 per trial. Base a: (0, |r - 0|); base b: (|r - 0|, 0).
     for trial in range(10):
-        chosen = int(d.with_random_index[trial, 0, 0])
-        assert chosen in (0, 1) and int(d.with_random_index[trial, 1, 0]) == -1
+        chosen = int(d.random_index[trial, 0, 0])
+        assert chosen in (0, 1) and int(d.random_index[trial, 1, 0]) == -1
         expected = [0.0, r, 0.0] if chosen == 0 else [r, 0.0, 0.0]
         assert torch.allclose(d.with_random[trial], torch.tensor(expected), atol=1e-6)
     # seeded: same draws again, and some variety over trials
     again = relation_discrepancy(
         feats_t, feats_s, classes, bank_t, bank_s, valid, num_random_trials=10, seed=1
     )
-    assert torch.equal(again.random_index, d.with_random_index)
-    assert set(d.with_random_index[:, 0, 0].tolist()) == {0, 1}
+    assert torch.equal(again.random_index, d.random_index)
+    assert set(d.random_index[:, 0, 0].tolist()) == {0, 1}
 
 
 def test_random_bases_draw_distinct_instances_of_each_class():
@@ -179,10 +179,10 @@ def test_prototype_discrepancy_is_one_minus_robust_weight(setup):
     assert bool(match.any(dim=1).all())
     assert torch.allclose(d.with_prototypes[level_of, rows], torch.zeros(len(rows)), atol=1e-5)
     # random bases: same number per (level, class) as prototypes, drawn from the class
-    picked = d.with_random_index >= 0
+    picked = d.random_index >= 0
     assert torch.equal(picked.sum(dim=3), bank.valid.sum(dim=2)[None].expand(2, -1, -1))
-    cls_of_slot = torch.arange(NUM_CLASSES)[None, None, :, None].expand_as(d.with_random_index)
-    assert torch.equal(feats.classes[d.with_random_index[picked]], cls_of_slot[picked])
+    cls_of_slot = torch.arange(NUM_CLASSES)[None, None, :, None].expand_as(d.random_index)
+    assert torch.equal(feats.classes[d.random_index[picked]], cls_of_slot[picked])
     proto_vals, rand_vals = d.values()
     assert rand_vals.size == 2 * proto_vals.size == 2 * int(d.has_bases.sum())
 
