@@ -40,14 +40,25 @@ def add_distill_config(cfg):
     # Active knowledge terms, any combination (names: gkd_d2.knowledge.KNOWLEDGE_REGISTRY).
     # The default is the paper's full method: local feature + local response + global.
     _C.DISTILL.KNOWLEDGE = ["feature", "response", "global"]
-    # Multiply every distillation loss by (1 - iter / SOLVER.MAX_ITER).
-    _C.DISTILL.ATTENUATION = False
+    # Defaults follow what the authors' release trains (docs/method.md, "The authors' release");
+    # the paper-text reading the project first built stays available through the options below.
+    #
+    # Multiply the terms of ATTENUATED_TERMS by (1 - iter / SOLVER.MAX_ITER) (the release: on,
+    # feature and global terms; the response term is not attenuated).
+    _C.DISTILL.ATTENUATION = True
+    _C.DISTILL.ATTENUATED_TERMS = ["feature", "global"]
     # Multiply the feature foreground mask and the response losses by the robust weights of
     # Eq. 8 when prototypes exist (the "+prototypes" variants of the paper's Table 4).
     _C.DISTILL.ROBUST_WEIGHTS = True
+    # Keep the student's BatchNorm layers in eval mode while training (running statistics used
+    # and not updated; affine parameters still train), as Detectron2 freezes pre-trained
+    # backbones and the release trains (norm_eval). The student is then the same function in
+    # training as at the prototype refresh and at test time: teacher == student gives robust
+    # weights 1 and zero response / global losses. False for a student trained from scratch.
+    _C.DISTILL.FREEZE_STUDENT_BN = True
 
     # Local feature knowledge, Eq. 7: decoupled foreground/background imitation of every FPN
-    # level through a 3x3 conv + ReLU adaptation layer.
+    # level through an adaptation conv.
     _C.DISTILL.FEATURE = CN()
     _C.DISTILL.FEATURE.WEIGHT = 1.0  # lambda_feat
     _C.DISTILL.FEATURE.GAMMA_FG = 1.0
@@ -55,17 +66,33 @@ def add_distill_config(cfg):
     # Kernel size of the adaptation conv (odd). The paper's is 3; 1 costs 9x less arithmetic,
     # which is most of the feature term's cost at COCO scale (benchmarks/RESULTS.md, "Cost").
     _C.DISTILL.FEATURE.ADAPTER_KERNEL = 3
+    # ReLU after the adaptation conv: the paper's text has one, the release does not (a ReLU
+    # cannot output the negative half of the teacher's maps: an irreducible floor in L_feat).
+    _C.DISTILL.FEATURE.ADAPTER_RELU = False
+    # How the levels' losses combine: "mean" or "sum"; "" = the release's: mean for two-stage
+    # students (Faster R-CNN), sum for dense ones (RetinaNet, FCOS).
+    _C.DISTILL.FEATURE.LEVEL_REDUCTION = ""
     # FPN levels to imitate; empty = every level both backbones output.
     _C.DISTILL.FEATURE.IN_FEATURES = []
 
-    # Local response knowledge: RoI class logits (Faster R-CNN) or anchor logits (RetinaNet).
+    # Local response knowledge: RoI class logits (Faster R-CNN), anchor / location logits (dense).
     _C.DISTILL.RESPONSE = CN()
     _C.DISTILL.RESPONSE.WEIGHT = 1.0  # lambda_resp
     _C.DISTILL.RESPONSE.TEMPERATURE = 2.0
+    # "release": positive RoIs / anchors / locations only; T^2 KL(softmax(z_T/T) || softmax(z_S/T))
+    # averaged over the classes, times the robust weight, averaged over the positives.
+    # "paper": every sampled RoI (KL summed over the C+1 classes, averaged over RoIs); dense:
+    # per-class binary KL over every non-ignored anchor (FCOS: positive locations) divided by
+    # the focal loss's normaliser.
+    _C.DISTILL.RESPONSE.FORM = "release"
 
     # Global knowledge, Eq. 6: instance/prototype relations of teacher and student.
     _C.DISTILL.GLOBAL = CN()
     _C.DISTILL.GLOBAL.WEIGHT = 5.0  # lambda_global
+    # "paper": each GT instance at its assigned level, mean over (instance, prototype) of
+    # w smoothL1(beta_S - beta_T). "release": each instance at every level, per level the mean
+    # of smoothL1(w beta_S, w beta_T), summed over levels.
+    _C.DISTILL.GLOBAL.FORM = "paper"
 
     # Prototype Generation Module and its refresh schedule.
     _C.DISTILL.PGM = CN()

@@ -84,8 +84,10 @@ class DistillationDetector(nn.Module):
         self.needs_instances = self.prototypes is not None or any(
             t.needs_instances for t in self.knowledge.values()
         )
-        self.attenuation = bool(cfg.DISTILL.ATTENUATION)
+        self.needs_every_level = any(t.needs_instances_at_every_level for t in self.knowledge.values())
+        self.attenuated_terms = set(cfg.DISTILL.ATTENUATED_TERMS) if cfg.DISTILL.ATTENUATION else set()
         self.max_iter = int(cfg.SOLVER.MAX_ITER)
+        self.freeze_student_bn = bool(cfg.DISTILL.FREEZE_STUDENT_BN)
         self.train()
 
     def _check_input_format(self, cfg) -> bool:
@@ -135,9 +137,14 @@ class DistillationDetector(nn.Module):
         return self.student.device
 
     def train(self, mode: bool = True):
-        """Switch the student and the knowledge terms; the teacher always stays in eval mode."""
+        """Switch the student and the knowledge terms; the teacher always stays in eval mode,
+        and with ``DISTILL.FREEZE_STUDENT_BN`` so do the student's BatchNorm layers."""
         super().train(mode)
         self.teacher.eval()
+        if self.freeze_student_bn:
+            for m in self.student.modules():
+                if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d, nn.SyncBatchNorm)):
+                    m.eval()
         return self
 
     def forward(self, batched_inputs: List[Dict]):
@@ -156,8 +163,8 @@ class DistillationDetector(nn.Module):
             self.teacher_family.add_teacher_response(response, t_feats)
             response.assign_robust_weights(batch.gt_weights, self.prototypes)
             batch.response = response
-        scale = self.attenuation_factor()
-        for term in self.knowledge.values():
+        for name, term in self.knowledge.items():
+            scale = self.attenuation_factor() if name in self.attenuated_terms else 1.0
             for key, value in term(batch, self.prototypes).items():
                 losses[key] = value * scale
         if self.prototypes is not None and len(batch.gt):
@@ -175,6 +182,15 @@ class DistillationDetector(nn.Module):
             batch.instance_feats_student = self.pool_instances(s_feats, gt)
             with torch.no_grad():
                 batch.instance_feats_teacher = self.pool_instances(t_feats, gt)
+            if self.needs_every_level:
+                boxes = [b.tensor for b in gt.box_lists]
+                batch.instance_feats_student_every_level = pool_instances(
+                    s_feats, self.instance_levels, self.strides, boxes
+                )
+                with torch.no_grad():
+                    batch.instance_feats_teacher_every_level = pool_instances(
+                        t_feats, self.instance_levels, self.strides, boxes
+                    )
             if self.prototypes is not None and len(gt):
                 batch.gt_weights = self.prototypes.robust_weights(
                     batch.instance_feats_teacher, batch.instance_feats_student, gt.level_index, gt.classes
@@ -199,7 +215,5 @@ class DistillationDetector(nn.Module):
         return self.student.backbone(self.student.preprocess_image(batched_inputs).tensor)
 
     def attenuation_factor(self) -> float:
-        """1 - iter / max_iter with DISTILL.ATTENUATION, else 1."""
-        if not self.attenuation:
-            return 1.0
+        """1 - iter / max_iter: the factor of the terms in ``DISTILL.ATTENUATED_TERMS``."""
         return max(0.0, 1.0 - get_event_storage().iter / max(1, self.max_iter))

@@ -75,6 +75,10 @@ class RoIResponse:
     teacher_feats: Optional[torch.Tensor] = None
     weights: Optional[torch.Tensor] = None  # (R,) robust weights, 1 for background
 
+    def positives(self) -> torch.Tensor:
+        """(R,) bool: the RoIs matched to a GT box (foreground)."""
+        return (self.gt_classes >= 0) & (self.gt_classes < self.student_logits.shape[1] - 1)
+
     def assign_robust_weights(self, gt_weights, prototypes):
         """Eq. 8 of every RoI from its pooled features against its matched GT class's
         prototypes (1 for background, or without prototypes)."""
@@ -107,6 +111,10 @@ class DenseResponse:
     teacher_logits: Optional[torch.Tensor] = None
     weights: Optional[torch.Tensor] = None  # (B, A) robust weights, 1 for background
 
+    def positives(self) -> torch.Tensor:
+        """(B, A) bool: the anchors / locations matched to a GT box (foreground)."""
+        return (self.labels >= 0) & (self.labels < self.student_logits.shape[-1])
+
     def assign_robust_weights(self, gt_weights, prototypes):
         """Each anchor takes the robust weight of its matched GT (1 for background)."""
         weights = torch.ones_like(self.matched_gt, dtype=self.student_logits.dtype)
@@ -122,6 +130,8 @@ class DistillBatch:
     student_features / teacher_features: raw FPN outputs, name -> (B, D, H, W).
     instance_feats_student (G, D_S) / instance_feats_teacher (G, D_T): GT boxes ROIAligned
     (7x7, averaged) at their assigned level; None when no active term needs them.
+    instance_feats_student_every_level (L, G, D_S) / ..._teacher_... (L, G, D_T): the same boxes
+    pooled at every instance level, when a term needs them.
     gt_weights (G,): robust weights of Eq. 8 (all 1 without prototypes).
     response: a :class:`RoIResponse` or :class:`DenseResponse` when a term needs responses.
     """
@@ -133,4 +143,6 @@ class DistillBatch:
     gt_weights: torch.Tensor
     instance_feats_student: Optional[torch.Tensor] = None
     instance_feats_teacher: Optional[torch.Tensor] = None
+    instance_feats_student_every_level: Optional[torch.Tensor] = None
+    instance_feats_teacher_every_level: Optional[torch.Tensor] = None
     response: Optional[object] = None

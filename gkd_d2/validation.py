@@ -4,6 +4,7 @@ Loss weights and term options are checked by each knowledge term (``knowledge/ba
 teacher/student pair by the detector families (``detectors/``).
 """
 from .config import SUPPORTED_STUDENTS
+from .knowledge import KNOWLEDGE_REGISTRY
 from .prototypes.selection import check_selection
 
 
@@ -30,6 +31,9 @@ def validate_distill_config(cfg):
         if not ok:
             raise ValueError(f"DISTILL.PGM.{key}={p[key]!r}: {fix}.")
     check_selection(p.SELECTION)
+    unknown = [n for n in cfg.DISTILL.ATTENUATED_TERMS if n not in cfg.DISTILL.KNOWLEDGE and n not in KNOWLEDGE_REGISTRY]
+    if unknown:
+        raise ValueError(f"DISTILL.ATTENUATED_TERMS: unknown knowledge terms {unknown}.")
     for key in ("OVERLAY_IMAGES", "OVERLAY_PERIOD"):
         if cfg.DISTILL.VIS[key] < 0:
             raise ValueError(f"DISTILL.VIS.{key}={cfg.DISTILL.VIS[key]}: must be >= 0 (0 = off).")

@@ -104,9 +104,16 @@ def make_teacher(tmp_dir, arch, seed=0, fpn_channels=32, num_classes=NUM_CLASSES
     return cfg_path, os.path.join(str(tmp_dir), "teacher.pth")
 
 
-def distill_cfg(teacher, arch="GeneralizedRCNN", knowledge=("feature", "response", "global"), **kw):
-    """A DistillationDetector config: tiny student of ``arch`` with ``teacher`` = (yaml, pth)."""
+def distill_cfg(
+    teacher, arch="GeneralizedRCNN", knowledge=("feature", "response", "global"), freeze_bn=False, **kw
+):
+    """A DistillationDetector config: tiny student of ``arch`` with ``teacher`` = (yaml, pth).
+
+    The tiny students start from random weights (the from-scratch regime), so their BatchNorm
+    trains by default here (``freeze_bn=False``); ``freeze_bn=True`` is gkd_d2's default, for a
+    student that was trained on the task first."""
     cfg = tiny_cfg(arch, **kw)
+    cfg.DISTILL.FREEZE_STUDENT_BN = freeze_bn
     cfg.MODEL.META_ARCHITECTURE = "DistillationDetector"
     cfg.DISTILL.STUDENT_ARCHITECTURE = arch
     cfg.DISTILL.TEACHER.CONFIG_FILE, cfg.DISTILL.TEACHER.WEIGHTS = teacher

@@ -188,7 +188,7 @@ def test_terms_build_from_keywords_without_a_model():
     from gkd_d2.knowledge import GlobalKnowledge, ResponseKnowledge
     from gkd_d2.structures import DenseResponse
 
-    term = ResponseKnowledge(weight=0.5, temperature=2.0, use_robust_weights=True)
+    term = ResponseKnowledge(weight=0.5, temperature=2.0, use_robust_weights=True, form="paper")
     zs, zt = torch.tensor([[[1.0, -2.0], [0.5, 0.0]]]), torch.tensor([[[0.0, 1.0], [0.5, 0.0]]])
     response = DenseResponse(
         student_logits=zs,
@@ -217,3 +217,40 @@ def test_terms_build_from_keywords_without_a_model():
     cfg.DISTILL.RESPONSE.TEMPERATURE = 0.0
     with pytest.raises(ValueError, match="DISTILL.RESPONSE.TEMPERATURE=0.0 must be > 0"):
         ResponseKnowledge(cfg, None)
+
+
+def test_release_response_by_hand():
+    """Positives only; per positive T^2 KL(p_T || p_S) / K, times its weight; mean over positives."""
+    from gkd_d2.knowledge.losses import class_mean_kl, positive_response
+
+    zs = torch.tensor([[0.0, 0.0], [2.0, 0.0], [5.0, -5.0]])
+    zt = torch.tensor([[0.0, 2.0], [2.0, 0.0], [-5.0, 5.0]])
+    t = 2.0
+    p_t = torch.softmax(zt / t, dim=1)
+    kl = (p_t * (p_t.log() - torch.log_softmax(zs / t, dim=1))).sum(dim=1)  # (3,)
+    assert torch.allclose(class_mean_kl(zs, zt, t), kl * t * t / 2)
+    assert class_mean_kl(zs[1:2], zt[1:2], t).item() == 0.0  # same logits
+    weights = torch.tensor([0.5, 1.0, 0.25])
+    positive = torch.tensor([True, True, False])  # the third (a background) is left out
+    expected = (0.5 * kl[0] * 4 / 2 + 1.0 * kl[1] * 4 / 2) / 2
+    assert positive_response(zs, zt, weights, positive, t).item() == pytest.approx(expected.item(), rel=1e-6)
+    # dense layout (B, A, K) gives the same as the flattened rows
+    dense = positive_response(zs[None], zt[None], weights[None], positive[None], t)
+    assert dense.item() == pytest.approx(expected.item(), rel=1e-6)
+    none = positive_response(zs.requires_grad_(), zt, weights, torch.zeros(3, dtype=torch.bool), t)
+    assert none.item() == 0.0 and none.requires_grad
+
+
+def test_release_global_form_by_hand():
+    """Per level: mean over valid (i, j) of smoothL1(w beta_S, w beta_T); summed over levels."""
+    from gkd_d2.knowledge.losses import global_knowledge_loss_every_level
+
+    beta_t = torch.tensor([[1.0, 0.0], [0.5, 0.5], [0.0, 0.0]])
+    beta_s = torch.tensor([[0.0, 0.0], [0.5, -1.5], [3.0, 0.0]])
+    valid = torch.tensor([[True, True], [True, False], [True, True]])
+    weights = torch.tensor([1.0, 0.5, 1.0])
+    level_index = torch.tensor([0, 0, 1])  # rows 0, 1 at level 0, row 2 at level 1
+    # level 0: |1 beta diff| row 0: (1 -> 0.5*1^2 = 0.5), (0 -> 0); row 1 slot 0: 0 -> mean 0.5/3
+    # level 1: row 2: |3| -> 3 - 0.5 = 2.5, 0 -> mean 2.5/2
+    loss = global_knowledge_loss_every_level(beta_t, beta_s, valid, weights, level_index, 2)
+    assert loss.item() == pytest.approx(0.5 / 3 + 2.5 / 2)

@@ -4,6 +4,7 @@ import copy
 import pytest
 import torch
 from detectron2.modeling import build_model
+from detectron2.utils.events import EventStorage
 from helpers import NUM_CLASSES, TEACHER_FIXTURES, distill_cfg, fill_prototypes_from_batch, make_batch, make_teacher, train_losses
 
 from gkd_d2 import DistillationCheckpointer
@@ -112,15 +113,38 @@ def test_batch_without_gt_boxes(arch, request):
     with torch.no_grad():
         s_feats, t_feats = model.student_features(batch), model.teacher_features(batch)
         term = model.knowledge["feature"]
-        per_level = [
-            (t_feats[f] - term.adapters[f](s_feats[f])).pow(2).mean(dim=1).mean() / 2 for f in term.levels
-        ]
-        expected = term.gamma_bg * torch.stack(per_level).mean()
+        per_level = torch.stack(
+            [(t_feats[f] - term.adapters[f](s_feats[f])).pow(2).mean(dim=1).mean() / 2 for f in term.levels]
+        )
+        # levels averaged for a two-stage student, summed for a dense one (the release)
+        expected = term.gamma_bg * (per_level.mean() if arch == "GeneralizedRCNN" else per_level.sum())
     assert losses["loss_kd_feature"].item() == pytest.approx(expected.item(), rel=1e-5)
-    if arch == "FCOS":
-        assert losses["loss_kd_response"].item() == 0.0
-    else:
-        assert losses["loss_kd_response"].item() > 0  # background RoIs / anchors still count
+    assert losses["loss_kd_response"].item() == 0.0  # the release's form: positives only
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_teacher_equal_to_trained_student_with_batchnorm_in_training_mode(arch, tmp_path):
+    """The configs users run: a BatchNorm student (not FrozenBN) in training mode, prototypes
+    pooled in eval mode. With DISTILL.FREEZE_STUDENT_BN (the default) the student is the same
+    function in both modes: robust weights 1, response and global losses 0. Without it, the
+    batch statistics of training mode make the student another function than the teacher."""
+    teacher = make_teacher(tmp_path, arch, fpn_channels=16)  # BN, calibrated running statistics
+    results = {}
+    for freeze in (True, False):
+        model = build_model(distill_cfg(teacher, arch, freeze_bn=freeze))
+        DistillationCheckpointer(model).load(teacher[1])  # plain checkpoint -> student only
+        fill_prototypes_from_batch(model, make_batch(((3, 0), (2, 1)), seed=5))
+        model.train()
+        assert model.student.training and model.teacher.training is False
+        with EventStorage(0) as storage:
+            losses = model(make_batch(((2, 0), (3, 1))))
+            weight = storage.latest()["kd/robust_weight_mean"][0]
+        results[freeze] = (weight, losses["loss_kd_response"].item(), losses["loss_kd_global"].item())
+    weight, response, global_ = results[True]
+    assert weight == pytest.approx(1.0, abs=1e-6)
+    assert response == pytest.approx(0.0, abs=1e-6) and global_ == pytest.approx(0.0, abs=1e-6)
+    weight, response, global_ = results[False]
+    assert weight < 1 - 1e-4 and response > 1e-6 and global_ > 1e-8
 
 
 def test_missing_teacher_weights_file(rcnn_teacher, tmp_path):
@@ -214,6 +238,7 @@ def test_feature_adapter_kernel_option(rcnn_teacher, kernel):
     cfg = distill_cfg(rcnn_teacher)
     cfg.DISTILL.KNOWLEDGE = ["feature"]
     cfg.DISTILL.FEATURE.ADAPTER_KERNEL = kernel
+    cfg.DISTILL.FEATURE.ADAPTER_RELU = True  # the paper's text
     model = build_model(cfg)
     adapters = model.knowledge["feature"].adapters
     assert set(adapters) == set(model.feature_levels)
@@ -223,10 +248,17 @@ def test_feature_adapter_kernel_option(rcnn_teacher, kernel):
     conv, _ = adapters["p3"]
     x = torch.randn(2, conv.in_channels, 5, 7)
     y = adapters["p3"](x)
+    linear = torch.einsum("oc,bchw->bohw", conv.weight[:, :, 0, 0], x) + conv.bias[None, :, None, None]
     if kernel == 1:
-        expected = torch.relu(torch.einsum("oc,bchw->bohw", conv.weight[:, :, 0, 0], x) + conv.bias[None, :, None, None])
-        assert torch.allclose(y, expected, atol=1e-5)
+        assert torch.allclose(y, torch.relu(linear), atol=1e-5)
     assert y.shape == (2, conv.out_channels, 5, 7)
+    # The default (the release): the conv alone, which can output the teacher's negative values.
+    cfg.DISTILL.FEATURE.ADAPTER_RELU = False
+    plain = build_model(cfg).knowledge["feature"].adapters["p3"]
+    assert isinstance(plain, torch.nn.Conv2d) and plain.kernel_size == (kernel, kernel)
+    if kernel == 1:
+        plain.load_state_dict(conv.state_dict())
+        assert torch.allclose(plain(x), linear, atol=1e-5) and (plain(x) < 0).any()
 
 
 @pytest.mark.parametrize("value", [0, 2, -1])
@@ -235,3 +267,20 @@ def test_bad_adapter_kernel_names_the_option(rcnn_teacher, value):
     cfg.DISTILL.FEATURE.ADAPTER_KERNEL = value
     with pytest.raises(ValueError, match=rf"DISTILL.FEATURE.ADAPTER_KERNEL={value}: .* odd positive integer"):
         build_model(cfg)
+
+
+def test_attenuation_applies_to_the_listed_terms_only(rcnn_teacher):
+    """DISTILL.ATTENUATION (on by default) scales feature and global by 1 - iter / max_iter and
+    leaves the response term alone (the release); ATTENUATED_TERMS lists the scaled terms."""
+    cfg = distill_cfg(rcnn_teacher)
+    cfg.SOLVER.MAX_ITER = 10
+    model = build_model(cfg)
+    fill_prototypes_from_batch(model, make_batch(((3, 0), (3, 1))))
+    batch = make_batch(((2, 0), (3, 1)))
+    torch.manual_seed(0)
+    at0 = train_losses(model, batch, it=0)
+    torch.manual_seed(0)
+    at5 = train_losses(model, batch, it=5)
+    for key, factor in (("loss_kd_feature", 0.5), ("loss_kd_global", 0.5), ("loss_kd_response", 1.0)):
+        assert at5[key].item() == pytest.approx(factor * at0[key].item(), rel=1e-5), key
+    assert at0["loss_kd_global"].item() > 0

@@ -63,6 +63,8 @@ class KnowledgeTerm(nn.Module):
     needs_response: bool = False
     #: needs GT instance features pooled from both models (RDM's x_S, x_T)
     needs_instances: bool = False
+    #: needs them pooled at every instance level as well (the release's global form)
+    needs_instances_at_every_level: bool = False
     #: can only run with prototypes (DISTILL.PGM.ENABLED)
     needs_prototypes: bool = False
     #: detector families of the student the term applies to

@@ -174,6 +174,28 @@ def weighted_anchor_sum(per_anchor, weights, valid, normalizer) -> torch.Tensor:
     """sum over valid anchors of w * per_anchor / max(1, normalizer); all (B, A)."""
     return (per_anchor * weights * valid.to(per_anchor.dtype)).sum() / max(1.0, normalizer)
 
+def class_mean_kl(student_logits, teacher_logits, temperature: float) -> torch.Tensor:
+    """(N,) ``T^2 mean_k p_T,k (log p_T,k - log p_S,k)``: the softmax KL of each row divided by
+    the number of classes K (the release's response). logits (N, K)."""
+    t = temperature
+    log_p_s = F.log_softmax(student_logits / t, dim=1)
+    log_p_t = F.log_softmax(teacher_logits / t, dim=1)
+    return (log_p_t.exp() * (log_p_t - log_p_s)).mean(dim=1) * t * t
+
+
+def positive_response(student_logits, teacher_logits, weights, positive, temperature: float):
+    """The release's response: ``sum_{i positive} w_i class_mean_kl_i / max(1, #positive)``.
+
+    logits (..., K) (RoIs (R, C+1), or anchors (B, A, C)); weights, positive (...) with the
+    logits' leading shape. 0 (still in the graph) without positives.
+    """
+    k = student_logits.shape[-1]
+    s = student_logits.reshape(-1, k)[positive.reshape(-1)]
+    t = teacher_logits.reshape(-1, k)[positive.reshape(-1)]
+    w = weights.reshape(-1)[positive.reshape(-1)].to(s.dtype)
+    return (w * class_mean_kl(s, t, temperature)).sum() / max(1, s.shape[0])
+
+
 # ----------------------------------------------------------------------------- global (Eq. 6)
 
 def global_knowledge_loss(beta_t, beta_s, slot_valid, weights):
@@ -181,6 +203,21 @@ def global_knowledge_loss(beta_t, beta_s, slot_valid, weights):
     err = F.smooth_l1_loss(beta_s, beta_t.detach(), beta=1.0, reduction="none")
     mask = slot_valid.to(err.dtype)
     return (weights.detach()[:, None] * err * mask).sum() / mask.sum().clamp(min=1)
+
+
+def global_knowledge_loss_every_level(beta_t, beta_s, slot_valid, weights, level_index, num_levels):
+    """Eq. 6 as the release computes it: every instance at every level; per level l, the mean
+    over valid (i, j) of ``smoothL1(w_i beta_S,ij, w_i beta_T,ij)``; summed over the levels.
+
+    beta_* (N, M) and slot_valid (N, M) of N = L x G (instance, level) pairs; weights (N,);
+    level_index (N,) in [0, num_levels).
+    """
+    w = weights.detach()[:, None].to(beta_s.dtype)
+    err = F.smooth_l1_loss(w * beta_s, w * beta_t.detach(), beta=1.0, reduction="none")
+    mask = slot_valid.to(err.dtype)
+    per_level = err.new_zeros(num_levels).index_add_(0, level_index, (err * mask).sum(dim=1))
+    count = err.new_zeros(num_levels).index_add_(0, level_index, mask.sum(dim=1))
+    return (per_level / count.clamp(min=1)).sum()
 
 # ----------------------------------------------------------------------------- Chen et al. 2017
 

@@ -1,5 +1,13 @@
 """``response``: local response knowledge, the teacher's classification outputs as soft targets.
 
+``DISTILL.RESPONSE.FORM = "release"`` (default, the authors' released code): on the **positive**
+RoIs / anchors / locations only, ``T^2 KL(softmax(z_T/T) || softmax(z_S/T))`` averaged over the
+classes, times the robust weight, averaged over the positives
+(:func:`~gkd_d2.knowledge.losses.positive_response`). For dense detectors the softmax runs over
+the C class logits of each anchor.
+
+``"paper"`` (the reading of the paper's text):
+
 - Faster R-CNN (``batch.response`` a :class:`~gkd_d2.structures.RoIResponse`): on the RoIs the
   student's ROI head sampled, both models' box pooler + box head + predictor; per RoI
   ``KL_i = T^2 KL(softmax(z_T/T) || softmax(z_S/T))`` over the C+1 classes;
@@ -14,7 +22,9 @@ import torch
 from detectron2.config import configurable
 
 from .base import KnowledgeTerm, check_temperature, check_weight, register_knowledge
-from .losses import roi_kl, sigmoid_response
+from .losses import positive_response, roi_kl, sigmoid_response
+
+RESPONSE_FORMS = ("release", "paper")
 
 
 @register_knowledge("response")
@@ -25,9 +35,12 @@ class ResponseKnowledge(KnowledgeTerm):
     needs_response = True
 
     @configurable
-    def __init__(self, *, weight, temperature=2.0, use_robust_weights=True):
+    def __init__(self, *, weight, temperature=2.0, use_robust_weights=True, form="release"):
         super().__init__()
+        if form not in RESPONSE_FORMS:
+            raise ValueError(f"DISTILL.RESPONSE.FORM={form!r}: choose one of {list(RESPONSE_FORMS)}.")
         self.weight, self.temperature, self.use_robust_weights = weight, temperature, use_robust_weights
+        self.form = form
 
     @classmethod
     def from_config(cls, cfg, spec):
@@ -36,12 +49,15 @@ class ResponseKnowledge(KnowledgeTerm):
             "weight": check_weight(c.WEIGHT, "DISTILL.RESPONSE.WEIGHT"),
             "temperature": check_temperature(c.TEMPERATURE, "DISTILL.RESPONSE.TEMPERATURE"),
             "use_robust_weights": bool(cfg.DISTILL.ROBUST_WEIGHTS),
+            "form": c.FORM,
         }
 
     def forward(self, batch, prototypes=None):
         r = batch.response
         w = r.weights if self.use_robust_weights else torch.ones_like(r.weights)
-        if r.per_roi:
+        if self.form == "release":
+            loss = positive_response(r.student_logits, r.teacher_logits, w, r.positives(), self.temperature)
+        elif r.per_roi:
             loss = roi_kl(r.student_logits, r.teacher_logits, w, self.temperature)
         else:
             loss = sigmoid_response(

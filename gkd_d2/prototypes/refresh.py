@@ -100,7 +100,7 @@ class PrototypeRefresher:
         """Regenerate ``model.prototypes``; returns stats (instances, prototypes, seconds)."""
         start = time.perf_counter()
         model = unwrap_model(model)
-        with eval_mode(model.student):
+        with eval_mode(model):  # the whole model: its train() keeps frozen BN frozen
             if self._records is None:
                 self._prepare(model)
             feats_s = _gather_cat(extract_features_from_cfg(self.cfg, model, model.student_features, self._records))
