@@ -58,6 +58,13 @@ METHODS = {
     "kd+prototypes": (["kd"], True, "pgm"),
 }
 METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
+# This replica trains every student from scratch (the regime before benchmarks/replica.py) with
+# the paper-text forms its recorded figures were measured with: these options reproduce them.
+FROM_SCRATCH_OPTS = [
+    "MODEL.WEIGHTS", "", "DISTILL.FREEZE_STUDENT_BN", "False", "DISTILL.ATTENUATION", "False",
+    "DISTILL.RESPONSE.FORM", "paper", "DISTILL.FEATURE.ADAPTER_RELU", "True",
+    "DISTILL.FEATURE.LEVEL_REDUCTION", "mean",
+]
 
 
 def schedule(iters, ims, lr):
@@ -79,12 +86,13 @@ def train_eval(cfg):
     return {k: float(bbox[k]) for k in METRICS}, seconds
 
 
-def save(record, path):
-    """Add ``record`` to the json list at ``path``, replacing the same row; safe for several
-    quality.py processes sharing one results file (an exclusive lock around read-modify-write,
-    and the new list renamed into place). ``date`` is set to now: when the row finished."""
+def save(record, path, key_fields=("detector", "method", "seed", "device")):
+    """Add ``record`` to the json list at ``path``, replacing the record with the same
+    ``key_fields``; safe for several processes sharing one results file (an exclusive lock around
+    read-modify-write, and the new list renamed into place). ``date`` is set to now: when the
+    row finished."""
     record = {**record, "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
-    key = lambda r: (r["detector"], r["method"], r["seed"], r["device"])  # noqa: E731
+    key = lambda r: tuple(r.get(k) for k in key_fields)  # noqa: E731
     with open(path + ".lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         records = json.load(open(path)) if os.path.isfile(path) else []
@@ -156,7 +164,7 @@ def main():
                 cfg = load_cfg(student_yaml, opts)
             else:
                 knowledge, pgm, selection = METHODS[method]
-                cfg = load_cfg(gkd_yaml, opts + ["DISTILL.TEACHER.WEIGHTS", teacher_w, "DISTILL.PGM.ENABLED", str(pgm),
+                cfg = load_cfg(gkd_yaml, opts + FROM_SCRATCH_OPTS + ["DISTILL.TEACHER.WEIGHTS", teacher_w, "DISTILL.PGM.ENABLED", str(pgm),
                                                  "DISTILL.PGM.SELECTION", selection])
                 cfg.DISTILL.KNOWLEDGE = knowledge
                 cfg.merge_from_list(list(args.opts))

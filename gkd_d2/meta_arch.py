@@ -154,6 +154,8 @@ class DistillationDetector(nn.Module):
         gt_instances = [x["instances"].to(self.device) for x in batched_inputs]
         images = self.student.preprocess_image(batched_inputs)
         s_feats = self.student.backbone(images.tensor)
+        if not len(self.knowledge):  # DISTILL.KNOWLEDGE []: the student alone (a control run)
+            return self.student_family.training_step(images, s_feats, gt_instances, False)[0]
         t_feats = self.teacher_features(batched_inputs)
         batch = self.distill_batch(self.ground_truth(gt_instances), s_feats, t_feats)
         losses, response = self.student_family.training_step(

@@ -49,7 +49,10 @@ def box_ap(log):
 
 # A 2-iteration teacher has untrained BN statistics and huge feature maps: scale the feature
 # term down so 3 student steps do not diverge (the code path is unchanged).
+# The demo config fine-tunes a trained student (MODEL.WEIGHTS); here the student starts from
+# scratch, so its BatchNorm trains.
 DISTILL_OPTS = [
+    "MODEL.WEIGHTS", "", "DISTILL.FREEZE_STUDENT_BN", "False",
     "DISTILL.PGM.MIN_SIZE", "4", "DISTILL.FEATURE.WEIGHT", "1e-4",
     "DISTILL.TEACHER.OPTS", "['MODEL.RESNETS.NORM', 'GN']",
 ]

@@ -1,22 +1,23 @@
 #!/usr/bin/env python
-"""The gkd_d2 demo, on CPU in minutes: teacher, student alone, distilled student, one table.
+"""The gkd_d2 demo, on CPU in minutes, in the paper's regime: distillation fine-tunes a student
+that is already trained on the task, and is compared with the same fine-tuning without it.
 
 1. generates the synthetic "ambiguous instances" dataset (COCO json + PNG images);
 2. trains a small teacher (ResNet-34 FPN) from scratch;
-3. trains the student (ResNet-18 FPN, 64 channels) alone;
-4. distils the same student from the teacher with global knowledge (feature + response +
-   global terms, prototypes regenerated every epoch), with the loss weights that work at this
-   scale (``DEMO_WEIGHTS``; ``--paper-weights`` for the paper's);
-5. evaluates the three with Detectron2's COCOEvaluator and prints one table.
+3. trains the student (ResNet-18 FPN, 64 channels) alone: the trained student;
+4. fine-tunes that student alone for ``--finetune-iters`` (the fair control);
+5. fine-tunes the same student for as long with global knowledge (feature + response + global
+   terms, gkd_d2's default options, prototypes regenerated every epoch);
+6. evaluates the four with Detectron2's COCOEvaluator and prints one table.
 
     python tools/demo.py                        # RetinaNet (the fastest to train on a CPU)
     python tools/demo.py --detector faster_rcnn
     python tools/demo.py --iters 2000 --teacher-iters 3000   # longer: higher AP
 
 Everything is trained from scratch (no ImageNet weights here), so absolute APs after a few
-minutes of CPU training are low; the table shows the ordering teacher > distilled student
-vs student alone. The training set is large (2000 images) because with a few hundred images
-from-scratch detectors memorise them (AP 13.5 on the training images, 1.6 on validation).
+minutes of CPU training are low. The training set is large (2000 images) because with a few
+hundred images from-scratch detectors memorise them (AP 13.5 on the training images, 1.6 on
+validation).
 
 Each stage is an ordinary ``tools/train_net.py`` run of a config in ``configs/Demo`` (the
 commands are printed), so a stage that already finished is reused unless ``--retrain``.
@@ -36,17 +37,8 @@ from gkd_d2.config import DEMO_CONFIGS, load_config
 from gkd_d2.data.builtin import register_datasets_from_cfg
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# Loss weights of the distillation stage. The configs keep the paper's (all 1, global 5); trained
-# from scratch for minutes, the benchmarks (benchmarks/NOTES.md, 2 seeds) found them no better
-# than the student alone: RetinaNet's all-anchor response term swamps the focal loss (1.37 AP vs
-# 1.35; 2.02 with lambda_resp 0.02) and Faster R-CNN's feature term costs AP (3.13 vs 3.38; 4.08
-# with lambda_feat 0.1). The demo uses the weights that work at its scale, and offers the
-# detectors (of gkd_d2.config.DEMO_CONFIGS) that have such weights here.
-DEMO_WEIGHTS = {
-    "retinanet": ["DISTILL.RESPONSE.WEIGHT", "0.02"],
-    "faster_rcnn": ["DISTILL.FEATURE.WEIGHT", "0.1"],
-}
 METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
+FINETUNE_ALONE, FINETUNE_GKD = "student fine-tuned alone", "student + global knowledge"
 
 
 def load_cfg(path, opts):
@@ -61,6 +53,15 @@ def schedule(iters):
         "SOLVER.MAX_ITER", str(iters),
         "SOLVER.STEPS", f"({int(iters * 0.75)}, {int(iters * 0.92)})",
         "SOLVER.WARMUP_ITERS", str(min(100, max(1, iters // 5))),
+    ]
+
+
+def finetune_schedule(iters):
+    """The paper's fine-tuning schedule, scaled: warm-up 5%, steps at 2/3 and 11/12."""
+    return [
+        "SOLVER.MAX_ITER", str(iters),
+        "SOLVER.STEPS", f"({int(iters * 2 / 3)}, {int(iters * 11 / 12)})",
+        "SOLVER.WARMUP_ITERS", str(max(1, iters // 20)),
     ]
 
 
@@ -85,8 +86,10 @@ def train_and_evaluate(cfg, retrain):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--detector", choices=sorted(DEMO_WEIGHTS), default="retinanet")
-    parser.add_argument("--iters", type=int, default=800, help="student and distillation iterations")
+    parser.add_argument("--detector", choices=sorted(DEMO_CONFIGS), default="retinanet")
+    parser.add_argument("--iters", type=int, default=800, help="iterations of the student trained alone")
+    parser.add_argument("--finetune-iters", type=int, default=300,
+                        help="iterations of both fine-tunings of the trained student (alone / distilled)")
     parser.add_argument("--teacher-iters", type=int, default=1200)
     parser.add_argument("--num-train", type=int, default=2000, help="synthetic training images")
     parser.add_argument("--num-val", type=int, default=200, help="synthetic validation images")
@@ -94,8 +97,6 @@ def main():
     parser.add_argument("--retrain", action="store_true", help="ignore finished stages")
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--seed", type=int, default=0, help="SEED of every stage (-1: a random one)")
-    parser.add_argument("--paper-weights", action="store_true",
-                        help="distil with the paper's loss weights (the configs') instead of DEMO_WEIGHTS")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     setup_logger(name="fvcore")
@@ -110,21 +111,21 @@ def main():
         "DATASETS.SYNTHETIC.NUM_VAL", str(args.num_val),
         "SEED", str(args.seed),
     ]
-    weights = [] if args.paper_weights else DEMO_WEIGHTS[args.detector]
-    teacher_dir = os.path.join(out, "teacher")
+    teacher_dir, student_dir = os.path.join(out, "teacher"), os.path.join(out, "student")
+    finetune = finetune_schedule(args.finetune_iters) + [
+        "MODEL.WEIGHTS", os.path.join(student_dir, "model_final.pth"),
+        "DISTILL.TEACHER.WEIGHTS", os.path.join(teacher_dir, "model_final.pth"),
+    ]
     stages = [
         ("teacher", teacher_yaml, schedule(args.teacher_iters) + ["OUTPUT_DIR", teacher_dir]),
-        ("student alone", student_yaml, schedule(args.iters) + ["OUTPUT_DIR", os.path.join(out, "student")]),
-        (
-            "student + global knowledge",
+        ("trained student", student_yaml, schedule(args.iters) + ["OUTPUT_DIR", student_dir]),
+        (  # the control: the same wrapper and schedule without any knowledge term
+            FINETUNE_ALONE,
             gkd_yaml,
-            schedule(args.iters)
-            + [
-                "OUTPUT_DIR", os.path.join(out, "gkd"),
-                "DISTILL.TEACHER.WEIGHTS", os.path.join(teacher_dir, "model_final.pth"),
-            ]
-            + weights,
+            finetune + ["OUTPUT_DIR", os.path.join(out, "finetune"), "DISTILL.KNOWLEDGE", "[]",
+                        "DISTILL.PGM.ENABLED", "False"],
         ),
+        (FINETUNE_GKD, gkd_yaml, finetune + ["OUTPUT_DIR", os.path.join(out, "gkd")]),
     ]
     table = {}
     start = time.perf_counter()
@@ -134,7 +135,7 @@ def main():
             register_datasets_from_cfg(cfg)
         os.makedirs(cfg.OUTPUT_DIR, exist_ok=True)
         print(
-            f"\n[demo] {i}/3 {name}: {cfg.SOLVER.MAX_ITER} iterations "
+            f"\n[demo] {i}/{len(stages)} {name}: {cfg.SOLVER.MAX_ITER} iterations "
             f"({time.perf_counter() - start:.0f} s so far)\n"
             f"[demo]   = python tools/train_net.py --config-file {yaml} {' '.join(common + opts)}",
             flush=True,
@@ -148,8 +149,8 @@ def main():
         lines.append(
             f"{name:<28}{r['params_M']:>7.1f}M" + "".join(f"{r[m]:>7.1f}" for m in METRICS)
         )
-    gain = table["student + global knowledge"]["AP"] - table["student alone"]["AP"]
-    lines.append(f"\ndistillation gain: {gain:+.1f} AP over the student alone "
+    gain = table[FINETUNE_GKD]["AP"] - table[FINETUNE_ALONE]["AP"]
+    lines.append(f"\ndistillation gain: {gain:+.1f} AP over the student fine-tuned alone "
                  f"({time.perf_counter() - start:.0f} s in all, {args.detector})")
     report = "\n".join(lines)
     print(f"\n[demo] COCO box AP on {args.num_val} synthetic validation images\n{report}")

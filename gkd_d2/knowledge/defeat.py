@@ -16,7 +16,7 @@ from detectron2.config import configurable
 
 from .adapters import build_adapters
 from .base import KnowledgeTerm, check_temperature, check_weight, register_knowledge
-from .losses import anchor_binary_kl, decoupled_feature_loss, level_masks, roi_kl, weighted_anchor_sum
+from .losses import anchor_binary_kl, decoupled_feature_losses, roi_kl, weighted_anchor_sum
 
 
 @register_knowledge("defeat")
@@ -62,18 +62,8 @@ class DeFeat(KnowledgeTerm):
 
     def forward(self, batch, prototypes=None):
         weights = batch.gt_weights if self.use_robust_weights else torch.ones_like(batch.gt_weights)
-        masks = level_masks(batch, self.levels, self.instance_levels, weights)
-        feat = torch.stack(
-            [
-                decoupled_feature_loss(
-                    self.adapters[f](batch.student_features[f]),
-                    batch.teacher_features[f],
-                    masks[f],
-                    self.gamma_fg,
-                    self.gamma_bg,
-                )
-                for f in self.levels
-            ]
+        feat = decoupled_feature_losses(
+            self.adapters, batch, self.levels, self.instance_levels, weights, self.gamma_fg, self.gamma_bg
         ).mean()
         fg_loss, bg_loss = self._responses(batch.response)
         return {

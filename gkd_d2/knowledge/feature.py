@@ -12,15 +12,15 @@ the GT boxes assigned to l covering a cell) broadcast over the channels::
 The levels are averaged for two-stage students and summed for dense ones, as the release does
 (``DISTILL.FEATURE.LEVEL_REDUCTION`` overrides).
 
-Formulas: :func:`~gkd_d2.knowledge.losses.decoupled_feature_loss` and
-:func:`~gkd_d2.knowledge.losses.level_masks`.
+Formulas: :func:`~gkd_d2.knowledge.losses.decoupled_feature_losses` (per level
+:func:`~gkd_d2.knowledge.losses.decoupled_feature_loss`, masks :func:`~gkd_d2.knowledge.losses.level_masks`).
 """
 import torch
 from detectron2.config import configurable
 
 from .adapters import adapter_kernel, build_adapters
 from .base import KnowledgeTerm, check_weight, register_knowledge
-from .losses import decoupled_feature_loss, level_masks
+from .losses import decoupled_feature_losses
 
 
 @register_knowledge("feature")
@@ -69,16 +69,7 @@ class FeatureKnowledge(KnowledgeTerm):
 
     def forward(self, batch, prototypes=None):
         weights = batch.gt_weights if self.use_robust_weights else torch.ones_like(batch.gt_weights)
-        masks = level_masks(batch, self.levels, self.instance_levels, weights)
-        losses = [
-            decoupled_feature_loss(
-                self.adapters[name](batch.student_features[name]),
-                batch.teacher_features[name],
-                masks[name],
-                self.gamma_fg,
-                self.gamma_bg,
-            )
-            for name in self.levels
-        ]
-        losses = torch.stack(losses)
+        losses = decoupled_feature_losses(
+            self.adapters, batch, self.levels, self.instance_levels, weights, self.gamma_fg, self.gamma_bg
+        )
         return {"loss_kd_feature": self.weight * (losses.mean() if self.level_reduction == "mean" else losses.sum())}

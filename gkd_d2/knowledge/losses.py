@@ -101,6 +101,20 @@ def level_masks(batch, levels, instance_levels, weights) -> Dict[str, torch.Tens
         )
     return masks
 
+def decoupled_feature_losses(adapters, batch, levels, instance_levels, weights, gamma_fg, gamma_bg):
+    """(L,): Eq. 7 of every imitated level, the student's map through ``adapters[level]``, the
+    foreground mask from :func:`level_masks` with ``weights`` (G,)."""
+    masks = level_masks(batch, levels, instance_levels, weights)
+    return torch.stack(
+        [
+            decoupled_feature_loss(
+                adapters[f](batch.student_features[f]), batch.teacher_features[f], masks[f], gamma_fg, gamma_bg
+            )
+            for f in levels
+        ]
+    )
+
+
 # ----------------------------------------------------------------------------- response
 
 def roi_kl(student_logits, teacher_logits, weights, temperature: float) -> torch.Tensor:

@@ -1,0 +1,166 @@
+#!/usr/bin/env python
+"""Replica v2: the paper's regime on the demo models. Distillation fine-tunes a student that is
+already trained on the task, and every row is compared with the same student fine-tuned for the
+same schedule without distillation (``student-finetune``, the fair control).
+
+    python benchmarks/replica.py --detector retinanet --dataset synth --seeds 0 1 2 \
+        --rows student-finetune gkd response response+global
+
+1. the teacher (demo ResNet-34 FPN-128) and the student (ResNet-18 FPN-64) are each trained
+   alone (``--teacher-iters``, ``--student-iters``), evaluated at six evenly spaced points; the
+   records ``teacher`` and ``student-pretrained`` keep the curve (``curve``: [[iter, AP], ...])
+   so the plateau shows (the last two points);
+2. every row starts from that same trained student and runs ``--iters`` iterations with the
+   same schedule (warm-up 5%, steps at 2/3 and 11/12, as the paper's 500 / 16 / 22 of 24
+   epochs); ``student-finetune`` has no knowledge term (``DISTILL.KNOWLEDGE []``, the same
+   wrapper, the same frozen BatchNorm), the others have the gkd_d2 defaults except the terms
+   of their row (``quality.METHODS``) and ``--opts``.
+
+Records go to ``benchmarks/results/quality_finetune.json``, one per (detector, dataset, method,
+seed): ``{detector, dataset, method, seed, AP, AP50, AP75, APs, APm, APl, device, date}`` plus
+``opts`` when options other than the defaults were given. A finished row is skipped unless
+``--rerun``. ``--dataset``: ``synth`` (the "ambiguous instances" data) or ``shapes`` (learnable
+classes, an ambiguous minority).
+"""
+import argparse
+import json
+import logging
+import os
+import sys
+
+import torch
+from detectron2.utils.env import seed_all_rng
+from detectron2.utils.logger import setup_logger
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import RESULTS, load_cfg, machine  # noqa: E402
+from quality import METHODS, METRICS, save, train_eval  # noqa: E402
+
+from gkd_d2.config import DEMO_CONFIGS  # noqa: E402
+from gkd_d2.data.builtin import register_datasets_from_cfg  # noqa: E402
+
+ROWS = ["student-finetune"] + list(METHODS)
+KEY = ("detector", "dataset", "method", "seed", "device")
+DATASETS = {  # --dataset -> (config node, train name, val name)
+    "synth": ("SYNTHETIC", "gkd_synth_train", "gkd_synth_val"),
+    "shapes": ("SHAPES", "gkd_shapes_train", "gkd_shapes_val"),
+}
+
+
+def schedule(iters, ims, lr, warmup_frac, steps=(0.75, 0.92)):
+    return [
+        "SOLVER.MAX_ITER", str(iters), "SOLVER.IMS_PER_BATCH", str(ims), "SOLVER.BASE_LR", str(lr),
+        "SOLVER.STEPS", f"({int(iters * steps[0])}, {int(iters * steps[1])})",
+        "SOLVER.WARMUP_ITERS", str(max(1, int(iters * warmup_frac))),
+    ]
+
+
+def eval_curve(output_dir, iters):
+    """[[iteration, AP], ...] of the evaluations in OUTPUT_DIR/metrics.json."""
+    curve = []
+    for line in open(os.path.join(output_dir, "metrics.json")):
+        m = json.loads(line)
+        if "bbox/AP" in m:
+            curve.append([min(m["iteration"] + 1, iters), m["bbox/AP"]])
+    return curve
+
+
+def finished(path, record):
+    if not os.path.isfile(path):
+        return False
+    return any(all(r.get(k) == record[k] for k in KEY) for r in json.load(open(path)))
+
+
+def pretrain(name, yaml, opts, iters, args, base, path):
+    """Train one model alone, evaluated 6 times; its record keeps the curve. Returns weights."""
+    out = os.path.join(args.output, name)
+    weights = os.path.join(out, "model_final.pth")
+    if not os.path.isfile(weights):
+        cfg = load_cfg(yaml, opts + ["OUTPUT_DIR", out, "TEST.EVAL_PERIOD", str(max(1, iters // 6))])
+        seed_all_rng(0)
+        ap, sec = train_eval(cfg)
+        curve = eval_curve(out, iters)
+        save({**base, "method": name, "seed": 0, "iters": iters, "train_s": sec, "curve": curve, **ap}, path, KEY)
+        print(name, ap, "curve", curve, flush=True)
+    return weights
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--detector", choices=sorted(DEMO_CONFIGS), default="retinanet")
+    p.add_argument("--dataset", choices=sorted(DATASETS), default="synth")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--rows", nargs="+", default=["student-finetune", "gkd"], choices=ROWS)
+    p.add_argument("--teacher-iters", type=int, default=2400)
+    p.add_argument("--student-iters", type=int, default=2400)
+    p.add_argument("--iters", type=int, default=600, help="fine-tuning iterations of every row")
+    p.add_argument("--ims-per-batch", type=int, default=4)
+    p.add_argument("--lr", type=float, default=0.01, help="pre-training and fine-tuning learning rate")
+    p.add_argument("--num-train", type=int, default=2000)
+    p.add_argument("--num-val", type=int, default=200)
+    p.add_argument("--image-size", type=int, default=160)
+    p.add_argument("--workers", type=int, default=0, help="DATALOADER.NUM_WORKERS")
+    p.add_argument("--output", default="")
+    p.add_argument("--opts", nargs="*", default=[], help="KEY VALUE overrides of the distillation rows")
+    p.add_argument("--tag", default="", help="appended to the method names (with --opts)")
+    p.add_argument("--results", default=os.path.join(RESULTS, "quality_finetune.json"))
+    p.add_argument("--rerun", action="store_true", help="run rows that have a record already")
+    args = p.parse_args()
+    args.output = args.output or os.path.join("output", "replica", args.dataset, args.detector)
+    setup_logger()
+    setup_logger(name="gkd_d2")
+    logging.getLogger("detectron2").setLevel(logging.INFO)
+
+    node, train_name, val_name = DATASETS[args.dataset]
+    teacher_yaml, student_yaml, gkd_yaml = DEMO_CONFIGS[args.detector]
+    common = [
+        "MODEL.DEVICE", args.device, "DATALOADER.NUM_WORKERS", str(args.workers),
+        "DATASETS.TRAIN", f"('{train_name}',)", "DATASETS.TEST", f"('{val_name}',)",
+        f"DATASETS.{node}.ROOT", os.path.join("output", "replica", args.dataset, "data"),
+        f"DATASETS.{node}.NUM_TRAIN", str(args.num_train), f"DATASETS.{node}.NUM_VAL", str(args.num_val),
+        f"DATASETS.{node}.IMAGE_SIZE", str(args.image_size),
+    ]
+    path = args.results
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    base = {"detector": args.detector, "dataset": args.dataset, "device": machine(args.device)["hardware"]}
+    register_datasets_from_cfg(load_cfg(teacher_yaml, common))
+
+    teacher_w = pretrain("teacher", teacher_yaml, common + schedule(args.teacher_iters, args.ims_per_batch, args.lr, 0.05),
+                         args.teacher_iters, args, base, path)
+    student_w = pretrain("student-pretrained", student_yaml,
+                         common + schedule(args.student_iters, args.ims_per_batch, args.lr, 0.05),
+                         args.student_iters, args, base, path)
+    finetune = schedule(args.iters, args.ims_per_batch, args.lr, 0.05, steps=(2 / 3, 11 / 12))
+    for seed in args.seeds:
+        for row in args.rows:
+            name = row if row == "student-finetune" else row + args.tag
+            record = {**base, "method": name, "seed": seed}
+            if finished(path, record) and not args.rerun:
+                print("done already:", name, seed, flush=True)
+                continue
+            run_dir = os.path.join(args.output, f"{name}_s{seed}")
+            opts = common + finetune + [
+                "OUTPUT_DIR", run_dir, "SEED", str(seed), "MODEL.WEIGHTS", student_w,
+                "DISTILL.TEACHER.WEIGHTS", teacher_w,
+            ]
+            if row == "student-finetune":
+                knowledge, pgm, selection = [], False, "pgm"
+            else:
+                knowledge, pgm, selection = METHODS[row]
+            cfg = load_cfg(gkd_yaml, opts + ["DISTILL.PGM.ENABLED", str(pgm), "DISTILL.PGM.SELECTION", selection])
+            cfg.DISTILL.KNOWLEDGE = list(knowledge)
+            if row != "student-finetune":
+                cfg.merge_from_list(list(args.opts))
+            seed_all_rng(seed)
+            ap, sec = train_eval(cfg)
+            record = {**record, "iters": args.iters, "train_s": sec, **ap}
+            if args.opts and row != "student-finetune":
+                record["opts"] = list(args.opts)
+            save(record, path, KEY)
+            print(name, seed, {k: round(ap[k], 2) for k in METRICS}, f"{sec:.0f}s", flush=True)
+
+
+if __name__ == "__main__":
+    torch.backends.cudnn.benchmark = True
+    main()
