@@ -76,6 +76,67 @@ PROBE_GLOBAL_COLUMNS = (
 )
 
 
+def paired_differences(control, treated):
+    """(mean, 95% half-width by Student's t, n, every difference positive) of treated - control
+    over the seeds both have; control / treated: {seed: AP}."""
+    from scipy import stats
+
+    diffs = [treated[s] - control[s] for s in sorted(set(control) & set(treated))]
+    if not diffs:
+        return None
+    mean = statistics.fmean(diffs)
+    half = stats.t.ppf(0.975, len(diffs) - 1) * statistics.stdev(diffs) / math.sqrt(len(diffs)) if len(diffs) > 1 else float("nan")
+    return mean, half, len(diffs), all(d > 0 for d in diffs)
+
+
+def finetune_section(records):
+    """Replica v2 (benchmarks/replica.py): per (dataset, detector), every row against the
+    student fine-tuned alone, paired by seed."""
+    lines = ["## Quality in the paper's regime (replica v2: fine-tuning a trained student)", ""]
+    if not records:
+        return lines + ["No `quality_finetune.json` yet: run `benchmarks/replica.py` (see its docstring).", ""]
+    groups = collections.defaultdict(list)
+    for r in records:
+        groups[(r.get("dataset", "synth"), r["detector"])].append(r)
+    for (dataset, detector), rows in sorted(groups.items()):
+        by_method = collections.defaultdict(dict)
+        for r in rows:
+            by_method[r["method"]][r["seed"]] = r["AP"]
+        control = by_method.get("student-finetune", {})
+        lines += [f"### {detector}, dataset `{dataset}` ({rows[0]['device']}, last record {max(r['date'] for r in rows)})", "",
+                  "| row | seeds | AP | minus `student-finetune` (mean, 95% interval) | every seed above |", "|---|---|---|---|---|"]
+        for r in rows:
+            if "curve" in r:
+                last = ", ".join(f"{it} it. {ap:.2f}" for it, ap in r["curve"][-2:])
+                lines.append(f"| {r['method']} (alone; AP at the last two evaluations: {last}) | 1 | {r['AP']:.2f} | | |")
+        for method, seeds in sorted(by_method.items(), key=lambda kv: -statistics.fmean(kv[1].values())):
+            if method in ("teacher", "student-pretrained"):
+                continue
+            diff = paired_differences(control, seeds) if method != "student-finetune" else None
+            cell = "" if diff is None else f"{diff[0]:+.2f} [{diff[0] - diff[1]:+.2f}, {diff[0] + diff[1]:+.2f}] (n={diff[2]})"
+            lines.append(f"| {method} | {len(seeds)} | {mean_spread(list(seeds.values()))} | {cell} | "
+                         f"{'' if diff is None else ('yes' if diff[3] else 'no')} |")
+        lines.append("")
+    return lines
+
+
+def loss_scales_section(records):
+    """benchmarks/loss_scales.py: each default loss_kd_* over the sum of the detection losses."""
+    lines = ["## Loss scales with the default options", ""]
+    if not records:
+        return lines + ["No `loss_scales.json` yet: run `benchmarks/loss_scales.py`.", ""]
+    lines += ["| scale | detector | weights | iteration | detection losses | " + " | ".join(
+        f"`{k}` / detection" for k in ("loss_kd_feature", "loss_kd_response", "loss_kd_global")) + " |",
+        "|---|---|---|---|---|---|---|---|"]
+    for r in records:
+        for key in sorted(k for k in r if k.startswith("iter")):
+            it = r[key]
+            ratios = " | ".join(f"{it['ratio'].get(k, float('nan')):.3g}" for k in ("loss_kd_feature", "loss_kd_response", "loss_kd_global"))
+            lines.append(f"| {r['scale']} | {r['detector']} | {r['weights']} | {key[4:]} | {it['detection_losses']:.3f} | {ratios} |")
+    lines += ["", f"Measured on {records[0]['device']}, {min(r['date'] for r in records)} to {max(r['date'] for r in records)}.", ""]
+    return lines
+
+
 def probe_sections():
     """Tables of ``probe_global_<detector>.json`` and ``probe_feature_<detector>.json``."""
     lines = []
@@ -258,6 +319,9 @@ bash benchmarks/quality_cpu.sh faster_rcnn-tests    #   the list is at the head 
 .venv/bin/python benchmarks/bench_anchor_kl.py       # --device cuda on a GPU
 .venv/bin/python benchmarks/bench_pgm.py             # --device cuda on a GPU
 .venv/bin/python benchmarks/bench_refresh.py --detector faster_rcnn
+.venv/bin/python benchmarks/replica.py --detector faster_rcnn --dataset synth --seeds 0 1 2 \\
+    --rows student-finetune gkd response response+global   # the paper's regime (replica v2)
+.venv/bin/python benchmarks/loss_scales.py --scale coco # loss scales with the defaults
 .venv/bin/python benchmarks/report.py                # this file
 ```
 """
@@ -279,6 +343,8 @@ def main():
         lines += quality_section(
             longer, "## Quality with a teacher trained 3x longer (3600 iterations; students as above)", plot=False
         )
+    lines += finetune_section(load("quality_finetune.json"))
+    lines += loss_scales_section(load("loss_scales.json"))
     lines += probe_sections()
     lines += speed_section(load("speed.json"))
     lines += anchor_kl_section()

@@ -11,10 +11,13 @@ def unwrap_model(model: nn.Module) -> nn.Module:
 
 @contextmanager
 def eval_mode(module: nn.Module):
-    """Run the block with ``module`` in eval mode, then restore its previous mode."""
-    was_training = module.training
+    """Run the block with ``module`` in eval mode, then give ``module`` and each of its
+    submodules back the exact mode it had (e.g. frozen BatchNorm layers of a training student
+    stay in eval mode)."""
+    modes = [(m, m.training) for m in module.modules()]
     module.eval()
     try:
         yield module
     finally:
-        module.train(was_training)
+        for m, training in modes:
+            m.training = training

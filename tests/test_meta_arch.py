@@ -284,3 +284,16 @@ def test_attenuation_applies_to_the_listed_terms_only(rcnn_teacher):
     for key, factor in (("loss_kd_feature", 0.5), ("loss_kd_global", 0.5), ("loss_kd_response", 1.0)):
         assert at5[key].item() == pytest.approx(factor * at0[key].item(), rel=1e-5), key
     assert at0["loss_kd_global"].item() > 0
+
+
+def test_eval_mode_gives_every_submodule_its_mode_back():
+    """The refresh and the visualisation switch the student to eval mode and back: a frozen
+    BatchNorm (DISTILL.FREEZE_STUDENT_BN) of a training student must stay frozen."""
+    from gkd_d2.utils import eval_mode
+
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 1, 1), torch.nn.BatchNorm2d(1))
+    net.train()
+    net[1].eval()
+    with eval_mode(net):
+        assert not any(m.training for m in net.modules())
+    assert net.training and net[0].training and not net[1].training

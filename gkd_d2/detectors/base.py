@@ -26,6 +26,8 @@ class DetectorFamily:
     implement the methods below."""
 
     name = ""
+    #: the config option of the class count, for error messages
+    num_classes_option = ""
 
     def __init__(self, model):
         self.model = model

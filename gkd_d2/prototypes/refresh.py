@@ -16,7 +16,7 @@ from typing import List, Optional
 
 import numpy as np
 import torch
-from detectron2.data import DatasetCatalog
+from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.engine import HookBase
 from detectron2.utils import comm
 
@@ -30,6 +30,15 @@ logger = logging.getLogger(__name__)
 def training_dicts(cfg) -> List[dict]:
     names = list(cfg.DISTILL.PGM.DATASETS) or list(cfg.DATASETS.TRAIN)
     return [d for name in names for d in DatasetCatalog.get(name)]
+
+
+def _class_names(cfg) -> List[str]:
+    """``thing_classes`` of the first dataset PGM samples from, if its metadata has them."""
+    names = list(cfg.DISTILL.PGM.DATASETS) or list(cfg.DATASETS.TRAIN)
+    try:
+        return list(MetadataCatalog.get(names[0]).get("thing_classes", None) or []) if names else []
+    except Exception:  # metadata of an unusual dataset: the warning keeps the index alone
+        return []
 
 
 def refresh_period(cfg, num_images: int) -> int:
@@ -89,10 +98,12 @@ class PrototypeRefresher:
             extract_features_from_cfg(self.cfg, model, model.teacher_features, self._records)
         )
         n_cls = np.bincount(self._meta[:, 0].numpy(), minlength=model.num_classes)
+        class_names = _class_names(self.cfg)
         for c in np.flatnonzero(n_cls == 0):
+            who = f"'{class_names[c]}'" if c < len(class_names) else "it"
             logger.warning(
-                "PGM: class %d has no instance of shorter side >= %s px: it gets no prototype "
-                "(its robust weights are 1).", c, p.MIN_SIZE
+                "PGM: class %d has no instance of shorter side >= %s px: %s gets no prototype "
+                "(its robust weights are 1).", c, p.MIN_SIZE, who
             )
 
     @torch.no_grad()
@@ -100,7 +111,7 @@ class PrototypeRefresher:
         """Regenerate ``model.prototypes``; returns stats (instances, prototypes, seconds)."""
         start = time.perf_counter()
         model = unwrap_model(model)
-        with eval_mode(model):  # the whole model: its train() keeps frozen BN frozen
+        with eval_mode(model.student):
             if self._records is None:
                 self._prepare(model)
             feats_s = _gather_cat(extract_features_from_cfg(self.cfg, model, model.student_features, self._records))

@@ -57,7 +57,7 @@ def sampled_instance_features(cfg, model, dataset_dicts: Sequence[dict]) -> Inst
     its features are computed and goes back to its previous mode."""
     model = unwrap_model(model)
     records = sample_instances_from_cfg(cfg, dataset_dicts, model.num_classes)
-    with eval_mode(model):  # the whole model: its train() keeps frozen BN frozen
+    with eval_mode(model.student):
         feats_t = extract_features_from_cfg(cfg, model, model.teacher_features, records)
         feats_s = extract_features_from_cfg(cfg, model, model.student_features, records)
 
@@ -329,7 +329,7 @@ def image_robust_weights(
     weights = torch.ones(len(gt))
     has = torch.zeros(len(gt), dtype=torch.bool)
     if len(gt) and model.prototypes is not None:
-        with eval_mode(model):  # the whole model: its train() keeps frozen BN frozen
+        with eval_mode(model.student):
             inst_s = model.pool_instances(model.student_features(inputs), gt)
             inst_t = model.pool_instances(model.teacher_features(inputs), gt)
         weights = (
