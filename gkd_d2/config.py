@@ -13,6 +13,9 @@ same way Detectron2's projects do (``add_pointrend_config``, ``add_deeplab_confi
 or, the same in one call, ``cfg = load_config(path, opts)``. Formulas and defaults:
 ``docs/method.md`` and the docstrings of ``gkd_d2/knowledge`` and ``gkd_d2/prototypes``.
 """
+import os
+
+import yaml
 from detectron2.config import CfgNode as CN
 from detectron2.config import get_cfg
 
@@ -30,11 +33,15 @@ def add_distill_config(cfg):
 
     _C.DISTILL.TEACHER = CN()
     # A Detectron2 yaml: a local path, or a model-zoo name such as
-    # "COCO-Detection/faster_rcnn_R_101_FPN_3x.yaml".
+    # "COCO-Detection/faster_rcnn_R_101_FPN_3x.yaml". Or a Detectron2 LazyConfig .py (local, or
+    # a model-zoo name such as "new_baselines/mask_rcnn_R_101_FPN_400ep_LSJ.py"): its ``model``
+    # is instantiated. A relative path not found from the working directory is resolved
+    # against the folder of the yaml that sets it (load_config).
     _C.DISTILL.TEACHER.CONFIG_FILE = ""
     # Teacher checkpoint: local .pth/.pkl, or a URL (detectron2://..., https://...).
     _C.DISTILL.TEACHER.WEIGHTS = ""
-    # Extra "KEY VALUE" overrides applied to the teacher's config after CONFIG_FILE.
+    # Extra "KEY VALUE" overrides applied to the teacher's config after CONFIG_FILE (for a
+    # LazyConfig teacher: "key=value" strings, e.g. "model.num_classes=20", or KEY VALUE pairs).
     _C.DISTILL.TEACHER.OPTS = []
 
     # Active knowledge terms, any combination (names: gkd_d2.knowledge.KNOWLEDGE_REGISTRY).
@@ -137,6 +144,12 @@ def add_distill_config(cfg):
     _C.DATASETS.SHAPES.ROOT = "datasets/gkd_shapes"
     _C.DATASETS.SHAPES.NUM_TRAIN = 2000
     _C.DATASETS.SHAPES.NUM_VAL = 200
+    # Your own COCO-format datasets, registered by tools/train_net.py, export_student.py and
+    # visualize_prototypes.py (gkd_d2.data.register_datasets_from_cfg) with Detectron2's
+    # register_coco_instances: a list of [name, json_file, image_root] triples, e.g.
+    #   COCO_JSON: [["my_train", "data/train.json", "data/train/"], ["my_val", "data/val.json", "data/val/"]]
+    # then DATASETS.TRAIN: ("my_train",). Relative paths are relative to the working directory.
+    _C.DATASETS.COCO_JSON = []
 
     # ---- The comparison methods (the "zoo"), with their papers' defaults.
     # Chen et al. 2017, "Learning Efficient Object Detection Models with Knowledge Distillation".
@@ -159,6 +172,8 @@ def add_distill_config(cfg):
     _C.DISTILL.FGFI.WEIGHT = 0.01
     _C.DISTILL.FGFI.PSI = 0.5
     # DeFeat (Guo et al. 2021): decoupled foreground/background features and responses.
+    # GAMMA_FG / GAMMA_BG = 1 / 4 keep the *ratio* of the official VOC config (3 / 12), not its
+    # values.
     _C.DISTILL.DEFEAT = CN()
     _C.DISTILL.DEFEAT.FEAT_WEIGHT = 1.0
     _C.DISTILL.DEFEAT.GAMMA_FG = 1.0
@@ -198,7 +213,50 @@ def load_config(config_file: str, opts=()) -> CN:
     add_distill_config(cfg)
     cfg.merge_from_file(config_file)
     cfg.merge_from_list(list(opts))
+    resolve_teacher_config_file(cfg, config_file)
     return cfg
+
+
+def _yaml_setting(config_file, keys):
+    """``(value, folder of the yaml that sets it)`` of the option ``keys`` (a tuple of names)
+    in ``config_file`` and its ``_BASE_`` chain, with yacs's precedence (a file overrides its
+    bases, a later base an earlier one); None when no file of the chain sets it."""
+    with CN._open_cfg(config_file) as f:
+        text = f.read()
+    try:
+        data = yaml.safe_load(text)
+    except yaml.constructor.ConstructorError:  # python tags: what merge_from_file also accepts
+        data = yaml.unsafe_load(text)
+    data = data if isinstance(data, dict) else {}
+    found = None
+    bases = data.get("_BASE_", [])
+    for base in bases if isinstance(bases, list) else [bases]:
+        base = os.path.expanduser(base)
+        if not base.startswith(("/", "https://", "http://")):  # as CfgNode.load_yaml_with_base
+            base = os.path.join(os.path.dirname(config_file), base)
+        found = _yaml_setting(base, keys) or found
+    node = data
+    for key in keys:
+        if not isinstance(node, dict) or key not in node:
+            return found
+        node = node[key]
+    return node, os.path.dirname(os.path.abspath(config_file))
+
+
+def resolve_teacher_config_file(cfg, config_file):
+    """Make a relative ``DISTILL.TEACHER.CONFIG_FILE`` that does not exist from the working
+    directory relative to the yaml (of ``config_file``'s ``_BASE_`` chain) that sets it, as
+    yacs resolves ``_BASE_``: the config then works from any directory. Model-zoo names, paths
+    found from the working directory and values given on the command line are left alone."""
+    value = cfg.DISTILL.TEACHER.CONFIG_FILE
+    if not value or os.path.isabs(value) or os.path.isfile(value):
+        return
+    setting = _yaml_setting(config_file, ("DISTILL", "TEACHER", "CONFIG_FILE"))
+    if setting is None or setting[0] != value:
+        return
+    candidate = os.path.join(setting[1], value)
+    if os.path.isfile(candidate):
+        cfg.DISTILL.TEACHER.CONFIG_FILE = os.path.abspath(candidate)
 
 
 #: The demo's (teacher, student alone, distillation) configs per detector, relative to the
@@ -222,7 +280,9 @@ DEMO_CONFIGS = {
 }
 
 #: Nodes gkd_d2 adds that stock Detectron2 does not know.
-GKD_ONLY_NODES = (("DISTILL",), ("DATASETS", "SYNTHETIC"), ("DATASETS", "SHAPES"), ("MODEL", "FCOS"))
+GKD_ONLY_NODES = (
+    ("DISTILL",), ("DATASETS", "SYNTHETIC"), ("DATASETS", "SHAPES"), ("DATASETS", "COCO_JSON"), ("MODEL", "FCOS")
+)
 
 
 def plain_detectron2_config(cfg) -> CN:

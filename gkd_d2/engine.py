@@ -1,12 +1,17 @@
 """DistillTrainer: Detectron2's DefaultTrainer (also for plain teachers and students) with the
 distillation checkpointer, the prototype-refresh hook, exact resumption after an interrupt
-(:mod:`gkd_d2.resume`) and an evaluator chosen from the dataset's metadata."""
+(:mod:`gkd_d2.resume`), an evaluator chosen from the dataset's metadata, and several processes
+on the CPU (``--num-gpus N`` with ``MODEL.DEVICE cpu``: gloo, DDP without device ids)."""
+import hashlib
 import logging
 import os
 import weakref
+from contextlib import contextmanager
 
+import detectron2.engine.defaults as d2_defaults
+import torch.distributed as dist
 from detectron2.data import MetadataCatalog, build_detection_train_loader, get_detection_dataset_dicts
-from detectron2.engine import DefaultTrainer, hooks
+from detectron2.engine import DefaultTrainer, HookBase, hooks
 from detectron2.evaluation import COCOEvaluator, PascalVOCDetectionEvaluator
 from detectron2.utils import comm
 
@@ -35,8 +40,73 @@ def build_evaluator(cfg, dataset_name, output_folder=None):
     )
 
 
+_d2_create_ddp_model = d2_defaults.create_ddp_model
+
+
+def create_ddp_model(model, **kwargs):
+    """Detectron2's ``create_ddp_model``, which also wraps a model on the CPU: Detectron2's
+    passes ``device_ids=[local_rank]``, which ``DistributedDataParallel`` refuses for a CPU
+    module; here a CPU model gets ``device_ids=None`` (DDP over gloo)."""
+    on_cpu = next(model.parameters()).device.type == "cpu"
+    if comm.get_world_size() > 1 and on_cpu and "device_ids" not in kwargs:
+        if dist.get_backend() != "gloo":
+            raise ValueError(
+                f"MODEL.DEVICE cpu with several processes needs the gloo backend, but "
+                f"Detectron2's launch chose {dist.get_backend()} because CUDA is available: "
+                "set MODEL.DEVICE cuda, or hide the GPUs (CUDA_VISIBLE_DEVICES=)."
+            )
+        kwargs["device_ids"] = None
+    return _d2_create_ddp_model(model, **kwargs)
+
+
+@contextmanager
+def _cpu_capable_ddp():
+    """While the block runs, ``DefaultTrainer.__init__`` wraps the model with
+    :func:`create_ddp_model` (it calls the name of ``detectron2.engine.defaults``)."""
+    d2_defaults.create_ddp_model = create_ddp_model
+    try:
+        yield
+    finally:
+        d2_defaults.create_ddp_model = _d2_create_ddp_model
+
+
+def prototype_fingerprint(bank) -> str:
+    """sha1 (16 hex digits) of every buffer of a :class:`PrototypeBank`: equal iff bit-identical."""
+    h = hashlib.sha1()
+    for name, t in sorted(bank.state_dict().items()):
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+class PrototypeAgreementHook(HookBase):
+    """With several processes, right after each prototype refresh (before the step that uses
+    them): every process must hold bit-identical prototypes. DDP does not broadcast buffers
+    (Detectron2 builds it with ``broadcast_buffers=False``), so a disagreement would silently
+    give each process another global loss; here it stops training. Logs the fingerprint."""
+
+    def before_step(self):
+        bank = unwrap_model(self.trainer.model).prototypes
+        if int(bank.last_refresh_iter) != self.trainer.iter:  # not refreshed for this step
+            return
+        prints = comm.all_gather(prototype_fingerprint(bank))
+        if len(set(prints)) > 1:
+            raise RuntimeError(
+                f"Prototypes refreshed at iteration {self.trainer.iter} differ between processes "
+                f"(fingerprints by rank: {prints})."
+            )
+        logger.info(
+            "Prototypes of iter %d identical on %d processes (fingerprint %s)",
+            self.trainer.iter, len(prints), prints[0],
+        )
+
+
 class DistillTrainer(DefaultTrainer):
     """``DefaultTrainer`` for a ``DistillationDetector``; everything else is Detectron2's."""
+
+    def __init__(self, cfg):
+        with _cpu_capable_ddp():
+            super().__init__(cfg)
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
@@ -94,9 +164,12 @@ class DistillTrainer(DefaultTrainer):
             # Right after the LR scheduler: prototypes are fresh before the step that uses
             # them and before any checkpoint of that iteration is written.
             pos = next(i for i, h in enumerate(ret) if isinstance(h, hooks.LRScheduler)) + 1
-            ret.insert(pos, PrototypeRefreshHook(self.cfg))
+            extra_hooks = [PrototypeRefreshHook(self.cfg)]
+            if comm.get_world_size() > 1:  # every process must hold the same prototypes
+                extra_hooks.append(PrototypeAgreementHook())
             if self.cfg.DISTILL.VIS.OVERLAY_IMAGES > 0:  # pictures of the robust weights
-                ret.insert(pos + 1, RobustWeightOverlayHook(self.cfg))
+                extra_hooks.append(RobustWeightOverlayHook(self.cfg))
+            ret[pos:pos] = extra_hooks
         # last: a signal stops training after the step's scheduler update and checkpoint hooks
         ret.append(GracefulInterruptHook())
         return ret

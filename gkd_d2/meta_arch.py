@@ -16,6 +16,7 @@ from detectron2.utils.events import get_event_storage
 from torch import nn
 
 from .detectors import family_of
+from .detectors.levels import TeacherLevels, feature_levels
 from .knowledge import DistillSpec, build_knowledge_terms, knowledge_class
 from .pooling import pool_instances
 from .prototypes.bank import PrototypeBank
@@ -60,7 +61,7 @@ class DistillationDetector(nn.Module):
             raise ValueError(
                 f"The teacher predicts {self.teacher_family.num_classes} classes but the student "
                 f"{self.num_classes}: the teacher config (DISTILL.TEACHER.CONFIG_FILE / OPTS) and "
-                "the student's NUM_CLASSES (MODEL.ROI_HEADS / RETINANET / FCOS) must agree."
+                f"the student's {self.student_family.num_classes_option} must agree."
             )
         self.flip_teacher_channels = self._check_input_format(cfg)
         if any(knowledge_class(n).needs_response for n in cfg.DISTILL.KNOWLEDGE):
@@ -78,7 +79,7 @@ class DistillationDetector(nn.Module):
                 self.instance_levels,
                 self.num_classes,
                 cfg.DISTILL.PGM.NUM_PROTOTYPES,
-                spec.teacher_shapes[first].channels,
+                spec.teacher_shapes[self.teacher_levels.source[first]].channels,
                 spec.student_shapes[first].channels,
             )
         self.needs_instances = self.prototypes is not None or any(
@@ -100,20 +101,12 @@ class DistillationDetector(nn.Module):
         return s != t
 
     def _build_spec(self, cfg) -> DistillSpec:
+        """Levels (:mod:`gkd_d2.detectors.levels`): feature maps at the shared levels,
+        instances at the student's, read from the teacher's ``self.teacher_levels``."""
         s_shapes = self.student.backbone.output_shape()
         t_shapes = self.teacher.backbone.output_shape()
-        levels = list(cfg.DISTILL.FEATURE.IN_FEATURES) or [f for f in s_shapes if f in t_shapes]
         inst = self.student_family.instance_levels
-        missing = [f for f in set(levels) | set(inst) if f not in s_shapes or f not in t_shapes]
-        if missing or not levels:
-            raise ValueError(
-                "The FPN level names of the teacher and the student differ: student outputs "
-                f"{list(s_shapes)}, teacher outputs {list(t_shapes)}, distillation needs "
-                f"{sorted(set(levels) | set(inst))} in both (DISTILL.FEATURE.IN_FEATURES)."
-            )
-        bad = [f for f in levels + inst if s_shapes[f].stride != t_shapes[f].stride]
-        if bad:
-            raise ValueError(f"Teacher and student strides differ on FPN levels {bad}.")
+        self.teacher_levels = TeacherLevels(inst, s_shapes, t_shapes, self.student_family.name)
         s_div, t_div = self.student.backbone.size_divisibility, self.teacher.backbone.size_divisibility
         if s_div != t_div:
             raise ValueError(
@@ -126,7 +119,7 @@ class DistillationDetector(nn.Module):
             num_classes=self.num_classes,
             student_shapes=dict(s_shapes),
             teacher_shapes=dict(t_shapes),
-            feature_levels=levels,
+            feature_levels=feature_levels(cfg, s_shapes, t_shapes),
             instance_levels=inst,
             strides={f: s_shapes[f].stride for f in s_shapes},
             prototypes_enabled=bool(cfg.DISTILL.PGM.ENABLED),
@@ -207,10 +200,12 @@ class DistillationDetector(nn.Module):
     @torch.no_grad()
     def teacher_features(self, batched_inputs) -> Dict[str, torch.Tensor]:
         """The teacher's FPN features of the batch, preprocessed with the teacher's own
-        pixel mean/std (and channel order)."""
+        pixel mean/std (and channel order), with every student instance level it lacks
+        (resampled from the level it is read from: ``self.teacher_levels``)."""
         if self.flip_teacher_channels:
             batched_inputs = [{**x, "image": x["image"].flip(0)} for x in batched_inputs]
-        return self.teacher.backbone(self.teacher.preprocess_image(batched_inputs).tensor)
+        features = self.teacher.backbone(self.teacher.preprocess_image(batched_inputs).tensor)
+        return self.teacher_levels(features)
 
     def student_features(self, batched_inputs) -> Dict[str, torch.Tensor]:
         """The student's raw FPN features of the batch (its own preprocessing)."""

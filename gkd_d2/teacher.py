@@ -1,4 +1,8 @@
-"""Building and freezing the teacher from its own Detectron2 config and weights."""
+"""Building and freezing the teacher from its own Detectron2 config and weights.
+
+The teacher's config is a yacs yaml (``build_teacher_cfg``) or a Detectron2 LazyConfig ``.py``
+(``load_lazy_teacher_config``, its ``model`` instantiated); either may be a model-zoo name.
+"""
 import logging
 import os
 from urllib.parse import urlparse
@@ -6,19 +10,26 @@ from urllib.parse import urlparse
 import torch
 from detectron2 import model_zoo
 from detectron2.checkpoint import DetectionCheckpointer
-from detectron2.config import get_cfg
+from detectron2.config import CfgNode, LazyConfig, get_cfg, instantiate
 from detectron2.modeling import build_model
 
 from .config import add_distill_config
 
 logger = logging.getLogger(__name__)
 
-# Keys a Detectron2 checkpoint may legitimately lack (they are recomputed by the model).
-_IGNORED_MISSING = ("pixel_mean", "pixel_std", "anchor_generator.cell_anchors")
+# Keys a Detectron2 checkpoint may legitimately lack (they are recomputed by the model, or,
+# for BatchNorm's num_batches_tracked, unused in eval mode; Detectron2 accepts them too).
+_IGNORED_MISSING = ("pixel_mean", "pixel_std", "anchor_generator.cell_anchors", "num_batches_tracked")
+
+
+def is_lazy_config(path) -> bool:
+    """Whether ``DISTILL.TEACHER.CONFIG_FILE`` names a LazyConfig (a ``.py`` file)."""
+    return str(path).endswith(".py")
 
 
 def resolve_config_file(path):
-    """Return a readable yaml for ``path``: a local file or a model-zoo name.
+    """Return a readable config file for ``path``: a local file or a model-zoo name (a yaml,
+    or a LazyConfig ``.py``).
 
     Raises:
         FileNotFoundError: naming ``DISTILL.TEACHER.CONFIG_FILE`` when neither exists.
@@ -35,15 +46,18 @@ def resolve_config_file(path):
     except RuntimeError:
         raise FileNotFoundError(
             f"DISTILL.TEACHER.CONFIG_FILE='{path}' is neither an existing file nor a "
-            "Detectron2 model-zoo config name."
+            "Detectron2 model-zoo config name (a yacs .yaml or a LazyConfig .py)."
         ) from None
 
 
 def build_teacher_cfg(cfg):
     """The teacher's own config: ``DISTILL.TEACHER.CONFIG_FILE`` + ``DISTILL.TEACHER.OPTS``.
 
-    The teacher runs on the student's ``MODEL.DEVICE``.
+    The teacher runs on the student's ``MODEL.DEVICE``. For a LazyConfig teacher: see
+    :func:`lazy_teacher_cfg` (a small yacs node describing it).
     """
+    if is_lazy_config(cfg.DISTILL.TEACHER.CONFIG_FILE):
+        return lazy_teacher_cfg(cfg, load_lazy_teacher_config(cfg))
     teacher_cfg = get_cfg()
     add_distill_config(teacher_cfg)  # MODEL.FCOS, for an FCOS teacher
     teacher_cfg.set_new_allowed(True)  # teacher yamls may carry project-specific keys
@@ -56,12 +70,77 @@ def build_teacher_cfg(cfg):
     return teacher_cfg
 
 
+def _lazy_overrides(opts):
+    """``DISTILL.TEACHER.OPTS`` as LazyConfig overrides: ``"key=value"`` strings, or yacs-style
+    ``KEY VALUE`` pairs joined into them."""
+    opts = [str(o) for o in opts]
+    if all("=" in o for o in opts):
+        return opts
+    if len(opts) % 2:
+        raise ValueError(
+            f"DISTILL.TEACHER.OPTS={opts}: for a LazyConfig teacher give 'key=value' strings "
+            "(e.g. 'model.num_classes=20') or an even number of KEY VALUE items."
+        )
+    return [f"{k}={v}" for k, v in zip(opts[::2], opts[1::2])]
+
+
+def load_lazy_teacher_config(cfg):
+    """The LazyConfig of ``DISTILL.TEACHER.CONFIG_FILE`` (a local ``.py`` or a model-zoo name
+    such as ``new_baselines/mask_rcnn_R_101_FPN_400ep_LSJ.py``) with ``DISTILL.TEACHER.OPTS``
+    applied; its ``model`` is what :func:`build_teacher` instantiates."""
+    path = resolve_config_file(cfg.DISTILL.TEACHER.CONFIG_FILE)
+    lazy = LazyConfig.load(path)
+    if "model" not in lazy:
+        raise ValueError(
+            f"DISTILL.TEACHER.CONFIG_FILE='{cfg.DISTILL.TEACHER.CONFIG_FILE}': the LazyConfig "
+            "has no 'model' entry to instantiate."
+        )
+    if cfg.DISTILL.TEACHER.OPTS:
+        lazy = LazyConfig.apply_overrides(lazy, _lazy_overrides(cfg.DISTILL.TEACHER.OPTS))
+    return lazy
+
+
+def lazy_input_format(lazy) -> str:
+    """The channel order a LazyConfig model reads: ``model.input_format``, else
+    ``dataloader.train.mapper.image_format``, else Detectron2's default ``BGR``."""
+    fmt = lazy.model.get("input_format", None)
+    if fmt is None:
+        try:
+            fmt = lazy.dataloader.train.mapper.image_format
+        except Exception:  # no dataloader / mapper / key in this config
+            fmt = None
+    return str(fmt) if fmt else "BGR"
+
+
+def lazy_teacher_cfg(cfg, lazy):
+    """A yacs node standing for a LazyConfig teacher's config, with what gkd_d2 reads from a
+    teacher config: ``INPUT.FORMAT``, ``MODEL.META_ARCHITECTURE`` (the class ``model``
+    instantiates), ``MODEL.DEVICE``, ``MODEL.WEIGHTS``, and ``LAZY_CONFIG`` (the file)."""
+    target = lazy.model.get("_target_", None)
+    arch = target if isinstance(target, str) else getattr(target, "__name__", str(target))
+    node = CfgNode(
+        {
+            "INPUT": {"FORMAT": lazy_input_format(lazy)},
+            "MODEL": {
+                "META_ARCHITECTURE": arch.rsplit(".", 1)[-1],
+                "DEVICE": cfg.MODEL.DEVICE,
+                "WEIGHTS": cfg.DISTILL.TEACHER.WEIGHTS,
+            },
+            "LAZY_CONFIG": resolve_config_file(cfg.DISTILL.TEACHER.CONFIG_FILE),
+        }
+    )
+    node.freeze()
+    return node
+
+
 class TeacherCheckpointer(DetectionCheckpointer):
     """A :class:`DetectionCheckpointer` that refuses partial loads.
 
     Detectron2 skips checkpoint tensors whose shape differs from the model's with a warning;
     for a teacher that silently means random weights, so here it is an error that names the
-    tensors (typically a different number of classes than the teacher config says).
+    tensors (typically a different number of classes than the teacher config says). Like
+    Detectron2, it accepts checkpoints without ``pixel_mean`` / ``pixel_std``, cell anchors or
+    BatchNorm's ``num_batches_tracked``.
     """
 
     def _load_model(self, checkpoint):
@@ -70,8 +149,11 @@ class TeacherCheckpointer(DetectionCheckpointer):
             f"'{k}': checkpoint {tuple(shape_ckpt)} vs teacher model {tuple(shape_model)}"
             for k, shape_ckpt, shape_model in incompatible.incorrect_shapes
         ]
-        missing = [
-            k for k in incompatible.missing_keys if not any(s in k for s in _IGNORED_MISSING)
+        mismatched = {k for k, _, _ in incompatible.incorrect_shapes}
+        missing = [  # a tensor of the wrong shape is reported once, under "Shapes differ"
+            k
+            for k in incompatible.missing_keys
+            if k not in mismatched and not any(s in k for s in _IGNORED_MISSING)
         ]
         if problems or missing:
             msg = "The teacher weights do not match DISTILL.TEACHER.CONFIG_FILE."
@@ -114,11 +196,19 @@ def load_teacher_weights(teacher, weights):
 def build_teacher(cfg):
     """Build the frozen teacher of ``cfg``: returns ``(teacher, teacher_cfg)``.
 
+    ``teacher_cfg`` is the teacher's yacs config, or for a LazyConfig teacher the node of
+    :func:`lazy_teacher_cfg` (``INPUT.FORMAT``, ``MODEL.META_ARCHITECTURE``, ...).
+
     The teacher has ``requires_grad=False`` everywhere and is in eval mode; the distillation
     wrapper keeps it there.
     """
-    teacher_cfg = build_teacher_cfg(cfg)
-    teacher = build_model(teacher_cfg)
+    if is_lazy_config(cfg.DISTILL.TEACHER.CONFIG_FILE):
+        lazy = load_lazy_teacher_config(cfg)
+        teacher_cfg = lazy_teacher_cfg(cfg, lazy)
+        teacher = instantiate(lazy.model).to(torch.device(cfg.MODEL.DEVICE))
+    else:
+        teacher_cfg = build_teacher_cfg(cfg)
+        teacher = build_model(teacher_cfg)
     load_teacher_weights(teacher, cfg.DISTILL.TEACHER.WEIGHTS)
     freeze(teacher)
     logger.info(

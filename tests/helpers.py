@@ -123,6 +123,27 @@ def distill_cfg(
     return cfg
 
 
+def pgm_warnings_without_class(cfg, dicts, missing):
+    """(warnings, model): the warnings a prototype refresh of a model built from ``cfg`` logs
+    when class ``missing`` is removed from ``dicts``, and that model."""
+    import logging
+
+    from gkd_d2 import PrototypeRefresher
+
+    dicts = [{**d, "annotations": [a for a in d["annotations"] if a["category_id"] != missing]} for d in dicts]
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    log = logging.getLogger("gkd_d2.prototypes.refresh")
+    log.addHandler(handler)
+    model = build_model(cfg)
+    try:
+        PrototypeRefresher(cfg, dataset_dicts=dicts).refresh(model, 0)
+    finally:
+        log.removeHandler(handler)
+    return [r.getMessage() for r in records if r.levelno == logging.WARNING], model
+
+
 def train_losses(model, batch, it=0):
     """The training losses of ``model`` on ``batch`` at iteration ``it``."""
     model.train()

@@ -213,7 +213,13 @@ def test_teacher_with_other_fpn_levels(rcnn_teacher):
         "MODEL.ROI_HEADS.IN_FEATURES", "['p3', 'p4', 'p5']",
         "MODEL.ANCHOR_GENERATOR.SIZES", "[[16], [32], [64], [128]]",
     ]
-    with pytest.raises(ValueError, match=r"FPN level names .* differ.*teacher outputs \['p3'"):
+    # instances of the student's P2 are read from the teacher's P3, upsampled 2x (the other
+    # levels from the teacher's own); P2 is not imitated as a feature map
+    model = build_model(cfg)
+    assert model.teacher_levels.source == {"p2": "p3", "p3": "p3", "p4": "p4", "p5": "p5"}
+    assert "p2" not in model.feature_levels
+    cfg.DISTILL.FEATURE.IN_FEATURES = ["p2", "p3"]
+    with pytest.raises(ValueError, match=r"DISTILL.FEATURE.IN_FEATURES"):
         build_model(cfg)
 
 

@@ -8,7 +8,7 @@ import torch
 from detectron2.data import DatasetCatalog
 from detectron2.engine import launch
 from detectron2.modeling import build_model
-from helpers import distill_cfg
+from helpers import distill_cfg, pgm_warnings_without_class
 
 from gkd_d2 import DistillTrainer, PrototypeRefresher
 from gkd_d2.data.synthetic import SYNTHETIC_CLASSES, register_synthetic_dataset
@@ -178,25 +178,9 @@ def test_two_processes_get_identical_prototypes(synth, synth_teacher, tmp_path):
 
 
 def test_class_without_instances_warns_and_gets_no_prototypes(synth, synth_teacher, tmp_path):
-    import logging
-
     cfg = refresh_cfg(synth_teacher, synth, tmp_path)
     missing = 2
-    dicts = [
-        {**d, "annotations": [a for a in d["annotations"] if a["category_id"] != missing]}
-        for d in DatasetCatalog.get(synth)
-    ]
-    records = []
-    handler = logging.Handler()
-    handler.emit = records.append
-    log = logging.getLogger("gkd_d2.prototypes.refresh")
-    log.addHandler(handler)
-    try:
-        model = build_model(cfg)
-        PrototypeRefresher(cfg, dataset_dicts=dicts).refresh(model, 0)
-    finally:
-        log.removeHandler(handler)
-    warnings = [r.getMessage() for r in records if r.levelno == logging.WARNING]
+    warnings, model = pgm_warnings_without_class(cfg, DatasetCatalog.get(synth), missing)
     assert any(f"class {missing} has no instance" in w for w in warnings), warnings
     bank = model.prototypes
     assert not bank.valid[:, missing].any() and bank.valid.any()

@@ -6,25 +6,72 @@
 
 writes ``exported/model_final.pth`` (the student's weights, Detectron2 key names) and
 ``exported/config.yaml`` (the student's config: no DISTILL node, MODEL.META_ARCHITECTURE the
-student's, MODEL.WEIGHTS pointing at the exported file). Stock Detectron2 loads both without
-gkd_d2: ``DefaultPredictor``, ``tools/train_net.py --eval-only``.
+student's, MODEL.WEIGHTS the *absolute* path of the exported file, so the config loads from any
+directory). Stock Detectron2 loads both without gkd_d2: ``DefaultPredictor``,
+``tools/train_net.py --eval-only``.
+
+``DATASETS.TRAIN`` / ``TEST`` keep only the names stock Detectron2 knows (its builtin COCO,
+VOC, ... names); gkd_d2's own datasets (``gkd_synth_*``, ``gkd_shapes_*``, the
+``DATASETS.COCO_JSON`` entries) are removed, and a comment at the top of config.yaml gives the
+``register_coco_instances`` line of each, for evaluating the exported model with them.
 """
 import argparse
 import os
 import sys
 
 import torch
+from detectron2.data import DatasetCatalog
 from gkd_d2.config import load_config, plain_detectron2_config
+from gkd_d2.data.builtin import gkd_dataset_files
 
 PREFIX = "student."
 
 
 def student_config(cfg, weights_path):
-    """The plain Detectron2 config of the student of distillation config ``cfg``."""
+    """The plain Detectron2 config of the student of distillation config ``cfg``:
+    ``MODEL.WEIGHTS`` = the absolute ``weights_path``, ``DATASETS.TRAIN`` / ``TEST`` without
+    the datasets stock Detectron2 does not know (:func:`dropped_datasets`)."""
     out = plain_detectron2_config(cfg)
     out.MODEL.META_ARCHITECTURE = cfg.DISTILL.STUDENT_ARCHITECTURE
-    out.MODEL.WEIGHTS = weights_path
+    out.MODEL.WEIGHTS = os.path.abspath(weights_path)
+    dropped = dropped_datasets(cfg)
+    for split in ("TRAIN", "TEST"):
+        out.DATASETS[split] = tuple(n for n in cfg.DATASETS[split] if n not in dropped)
     return out
+
+
+def dropped_datasets(cfg):
+    """``{name: (json_file, image_root) or None}`` of the datasets of ``DATASETS.TRAIN`` /
+    ``TEST`` that stock Detectron2 does not know: gkd_d2's own names (with their files), and
+    names nobody registered in this process (user code registers them before training)."""
+    own = gkd_dataset_files(cfg)
+    known = set(DatasetCatalog.list())
+    return {
+        n: own.get(n)
+        for n in dict.fromkeys(list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST))
+        if n in own or n not in known
+    }
+
+
+def config_header(cfg, config_file, checkpoint):
+    """The comment written at the top of the exported config.yaml."""
+    lines = [
+        f"# Student exported by gkd_d2 (tools/export_student.py) from {os.path.abspath(config_file)}",
+        f"# and {os.path.abspath(checkpoint)}: a plain Detectron2 config, MODEL.WEIGHTS absolute.",
+    ]
+    dropped = dropped_datasets(cfg)
+    if dropped:
+        lines += [
+            f"# DATASETS.TRAIN / TEST named {sorted(dropped)}, which stock Detectron2 does not know:",
+            "# they are removed here. To evaluate on them, register them and set DATASETS.TEST:",
+            "#   from detectron2.data.datasets import register_coco_instances",
+        ]
+        for name, files in dropped.items():
+            if files:
+                lines.append(f"#   register_coco_instances({name!r}, {{}}, {files[0]!r}, {files[1]!r})")
+            else:
+                lines.append(f"#   ({name!r}: registered by your own code)")
+    return "\n".join(lines) + "\n"
 
 
 def student_state_dict(checkpoint_path):
@@ -50,8 +97,8 @@ def export(config_file, checkpoint, output_dir, opts=()):
     torch.save({"model": state, "__author__": "gkd_d2 export_student"}, weights)
     config = os.path.join(output_dir, "config.yaml")
     with open(config, "w") as f:
-        f.write(student_config(cfg, weights).dump())
-    return config, weights
+        f.write(config_header(cfg, config_file, checkpoint) + student_config(cfg, weights).dump())
+    return config, os.path.abspath(weights)
 
 
 def main(argv=None):

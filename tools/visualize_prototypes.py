@@ -16,7 +16,8 @@ writes, in ``--output``:
   (``--num-random-trials`` draws, ``--seed``),
 
 and prints their paths and the two mean discrepancies. The instances are those PGM samples
-(``DISTILL.PGM.*``, from ``DISTILL.PGM.DATASETS`` or ``DATASETS.TRAIN``). A checkpoint without
+(``DISTILL.PGM.*``, from ``DISTILL.PGM.DATASETS`` or ``DATASETS.TRAIN``; the synthetic datasets
+and the ``DATASETS.COCO_JSON`` entries of the config are registered here). A checkpoint without
 prototypes (e.g. a plain detector, or one written before the first refresh) gets them
 regenerated with ``PrototypeRefresher`` first.
 """

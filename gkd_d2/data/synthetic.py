@@ -50,20 +50,20 @@ a smaller one) and PNGs are written with fixed encoder settings, so the same arg
 byte-identical json and identical PNG files.
 
 :func:`register_synthetic_dataset` generates the files once (a ``params.json`` stamp beside
-the annotations records the parameters and ``GENERATOR_VERSION``) and registers the dataset in
+the annotations records the parameters, ``GENERATOR_VERSION`` and the sha256 of
+``annotations.json``, so a truncated or edited json is regenerated) and registers the dataset in
 Detectron2 the way ``register_coco_instances`` does, except that it passes
 ``extra_annotation_keys=EXTRA_ANNOTATION_KEYS`` to ``load_coco_json`` so the three extra
 fields survive into the dataset dicts (``register_coco_instances`` would drop them).
 """
-import inspect
 import json
 import os
-import shutil
-import tempfile
 
 import numpy as np
 from PIL import Image, ImageDraw
 from scipy import ndimage
+
+from .generated import generator_params, image_hw, register_generated_dataset
 
 __all__ = [
     "EXTRA_ANNOTATION_KEYS",
@@ -83,7 +83,6 @@ _DISC, _RING, _SQUARE, _STRIPED, _TRIANGLE = range(5)
 _ROTATED = (_SQUARE, _STRIPED, _TRIANGLE)
 _SQRT3 = float(np.sqrt(3.0))
 _SS = 2  # supersampling factor per axis for anti-aliased shape edges and stripes
-_STAMP_FILES = {"images", "annotations.json", "params.json"}
 
 
 # --------------------------------------------------------------------------------------------
@@ -291,13 +290,6 @@ def _render_image(rng, h, w, p):
     return np.clip(np.rint(img), 0, 255).astype(np.uint8), anns
 
 
-def _image_hw(image_size):
-    if np.isscalar(image_size):
-        return int(image_size), int(image_size)
-    h, w = image_size
-    return int(h), int(w)
-
-
 def generate_synthetic_coco(
     out_dir,
     num_images,
@@ -335,7 +327,7 @@ def generate_synthetic_coco(
     Returns:
         The path of the json file.
     """
-    h, w = _image_hw(image_size)
+    h, w = image_hw(image_size)
     params = dict(
         max_objects=int(max_objects), min_size=min_size, max_size_frac=max_size_frac, blur_prob=blur_prob,
         min_visible=min_visible, min_inside=min_inside, cluster_prob=cluster_prob, min_contrast=min_contrast,
@@ -375,81 +367,15 @@ def generate_synthetic_coco(
 
 
 # --------------------------------------------------------------------------------------------
-# registration
+# registration (the files and the stamp: gkd_d2/data/generated.py)
 # --------------------------------------------------------------------------------------------
-def _normalised_params(num_images, image_size, seed, kwargs):
-    """All generator arguments (defaults filled in) as stored in ``params.json``."""
-    sig = inspect.signature(generate_synthetic_coco)
-    try:
-        bound = sig.bind("<out_dir>", num_images, image_size, seed, **kwargs)
-    except TypeError as e:
-        raise TypeError(f"register_synthetic_dataset: {e}") from None
-    bound.apply_defaults()
-    params = dict(bound.arguments)
-    del params["out_dir"]
-    params["num_images"] = int(num_images)
-    params["seed"] = int(seed)
-    params["image_size"] = list(_image_hw(image_size))
-    params["generator_version"] = GENERATOR_VERSION
-    return json.loads(json.dumps(params, sort_keys=True))
-
-
-def _read_stamp(root):
-    try:
-        with open(os.path.join(root, "params.json")) as f:
-            return json.load(f)
-    except (OSError, ValueError):
-        return None
-
-
-def _is_current(root, params):
-    return _read_stamp(root) == params and os.path.isfile(os.path.join(root, "annotations.json"))
-
-
-def _ensure_generated(root, params):
-    """Make ``root`` hold the dataset of ``params``; atomic and safe across processes."""
-    if _is_current(root, params):
-        return
-    parent = os.path.dirname(root)
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(root)}.tmp-", dir=parent)
-    try:
-        gen = {k: v for k, v in params.items() if k != "generator_version"}
-        generate_synthetic_coco(tmp, **gen)
-        with open(os.path.join(tmp, "params.json"), "w") as f:  # written last: complete folder
-            json.dump(params, f, sort_keys=True, indent=1)
-        for _ in range(5):
-            try:
-                os.rename(tmp, root)  # atomic; replaces a missing or empty folder only
-                return
-            except OSError:
-                pass
-            if _is_current(root, params):  # another process finished first: use its files
-                return
-            # stale (other parameters or generator version): move it aside, then retry
-            if not os.path.isdir(root) or not set(os.listdir(root)) <= _STAMP_FILES:
-                raise RuntimeError(
-                    f"{root} exists and does not look like a generated synthetic dataset; "
-                    "refusing to replace it"
-                )
-            trash = tempfile.mkdtemp(prefix=f".{os.path.basename(root)}.old-", dir=parent)
-            try:
-                os.rename(root, os.path.join(trash, "data"))
-            except OSError:
-                pass  # someone else moved or replaced it meanwhile
-            shutil.rmtree(trash, ignore_errors=True)
-        if not _is_current(root, params):
-            raise RuntimeError(f"could not place the synthetic dataset at {root}")
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
 def register_synthetic_dataset(name, root, num_images, image_size=256, seed=0, **kwargs):
     """Generate the synthetic dataset into ``root`` (once) and register it as ``name``.
 
     Files: ``root/annotations.json``, ``root/images/*.png`` and ``root/params.json``, a stamp
-    of every generator argument (defaults included) and ``GENERATOR_VERSION``. Existing files
-    are reused when the stamp matches exactly, and regenerated otherwise. Generation happens in
+    of every generator argument (defaults included), ``GENERATOR_VERSION`` and the sha256 of
+    ``annotations.json``. Existing files are reused when the stamp matches exactly, the json's
+    content matches its hash and every image is there, and regenerated otherwise. Generation happens in
     a temporary sibling folder that is renamed into place atomically; if another process puts
     a matching folder there first, that one is used. A stale folder is only replaced when it
     holds nothing but these generated files.
@@ -469,33 +395,7 @@ def register_synthetic_dataset(name, root, num_images, image_size=256, seed=0, *
         root: folder of the generated files.
         num_images, image_size, seed, **kwargs: arguments of :func:`generate_synthetic_coco`.
     """
-    from detectron2.data import DatasetCatalog, MetadataCatalog
-    from detectron2.data.datasets import load_coco_json
-
-    params = _normalised_params(num_images, image_size, seed, kwargs)
-    root = os.path.abspath(os.fspath(root))
-    json_file = os.path.join(root, "annotations.json")
-    image_root = os.path.join(root, "images")
-    if name in DatasetCatalog.list():
-        meta = MetadataCatalog.get(name)
-        if meta.get("synthetic_params") == params and meta.get("image_root") == image_root:
-            return
-        raise ValueError(
-            f"Dataset '{name}' is already registered with other files or parameters "
-            f"(registered: root={os.path.dirname(meta.get('image_root', '?'))}, "
-            f"params={meta.get('synthetic_params')}; requested: root={root}, params={params}); "
-            "use another dataset name."
-        )
-    _ensure_generated(root, params)
-    DatasetCatalog.register(
-        name,
-        lambda: load_coco_json(json_file, image_root, name, extra_annotation_keys=list(EXTRA_ANNOTATION_KEYS)),
-    )
-    MetadataCatalog.get(name).set(
-        json_file=json_file,
-        image_root=image_root,
-        evaluator_type="coco",
-        thing_classes=list(SYNTHETIC_CLASSES),
-        thing_dataset_id_to_contiguous_id={i + 1: i for i in range(len(SYNTHETIC_CLASSES))},
-        synthetic_params=params,
+    params = generator_params(generate_synthetic_coco, num_images, image_size, seed, kwargs, GENERATOR_VERSION)
+    register_generated_dataset(
+        name, root, params, generate_synthetic_coco, SYNTHETIC_CLASSES, EXTRA_ANNOTATION_KEYS, "synthetic_params"
     )

@@ -92,6 +92,7 @@ def label_locations(model, anchors: List[Boxes], gt_instances: List[Instances]):
 
 class FCOSFamily(DenseFamily):
     name = "fcos"
+    num_classes_option = "MODEL.FCOS.NUM_CLASSES"
 
     @classmethod
     def matches(cls, model) -> bool:

@@ -10,7 +10,6 @@ from typing import List
 import torch
 from detectron2.modeling import GeneralizedRCNN
 from detectron2.modeling.roi_heads import CascadeROIHeads, StandardROIHeads
-from detectron2.structures import Boxes
 from torch import nn
 
 from ..pooling import assign_level_index
@@ -39,6 +38,7 @@ def reencode_deltas(deltas, proposals, src, dst):
 
 class RCNNFamily(DetectorFamily):
     """"rcnn" (StandardROIHeads) or "cascade" (CascadeROIHeads, teacher only)."""
+    num_classes_option = "MODEL.ROI_HEADS.NUM_CLASSES"
 
     @classmethod
     def matches(cls, model) -> bool:

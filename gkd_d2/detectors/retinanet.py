@@ -37,6 +37,7 @@ def label_anchors(model, anchors: List[Boxes], gt_instances: List[Instances]):
 
 class RetinaNetFamily(DenseFamily):
     name = "retinanet"
+    num_classes_option = "MODEL.RETINANET.NUM_CLASSES"
 
     @property
     def dims_per_anchor(self):

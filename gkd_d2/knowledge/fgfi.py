@@ -31,7 +31,11 @@ class FineGrainedImitation(KnowledgeTerm):
             raise ValueError(f"DISTILL.FGFI.PSI={psi} must be in (0, 1].")
         missing = [f for f in levels if f not in spec.teacher_shapes]
         if missing:
-            raise ValueError(f"DISTILL.KNOWLEDGE 'fgfi': the teacher has no FPN level {missing}.")
+            raise ValueError(
+                f"DISTILL.KNOWLEDGE 'fgfi': the teacher has no FPN level {missing}, which FGFI imitates "
+                "(the student's anchor levels, MODEL.RPN.IN_FEATURES / MODEL.RETINANET.IN_FEATURES): "
+                "drop 'fgfi' or use a teacher that outputs those levels."
+            )
         self.weight, self.psi, self.levels = weight, float(psi), list(levels)
         self.anchor_generator = anchor_generator
         self.adapters = build_adapters(spec, kernel_size=3, relu=False, levels=self.levels)

@@ -295,16 +295,24 @@ def masked_imitation_loss(students, teachers, masks) -> torch.Tensor:
 # ----------------------------------------------------------------------------- RKD
 
 def distance_relations(x: torch.Tensor) -> torch.Tensor:
-    """(G, G) pairwise distances divided by their mean over i != j."""
-    d = torch.cdist(x, x)
+    """(G, G) pairwise distances divided by their mean over i != j.
+
+    ``x`` is centred first (distances do not change): above 25 rows ``torch.cdist`` computes
+    ``|a|^2 + |b|^2 - 2 a.b``, which loses the distances to cancellation when the features share
+    a large common offset. The diagonal is set to exactly 0 (cdist's is sqrt of a rounding
+    error there)."""
+    x = x - x.mean(dim=0, keepdim=True)
     g = x.shape[0]
     off_diag = ~torch.eye(g, dtype=torch.bool, device=x.device)
+    d = torch.cdist(x, x).masked_fill(~off_diag, 0.0)
     mean = d[off_diag].mean().clamp(min=1e-12)
     return d / mean
 
 
 def angle_relations(x: torch.Tensor) -> torch.Tensor:
-    """(G, G, G): psi[j, i, k] = cos of the angle at x_j between x_i - x_j and x_k - x_j."""
+    """(G, G, G): psi[j, i, k] = cos of the angle at x_j between x_i - x_j and x_k - x_j.
+
+    The differences are taken directly (no cdist): a common offset cancels exactly."""
     e = F.normalize(x[None, :, :] - x[:, None, :], dim=2)  # e[j, i] = unit(x_i - x_j)
     return torch.bmm(e, e.transpose(1, 2))
 
