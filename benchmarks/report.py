@@ -137,6 +137,28 @@ def loss_scales_section(records):
     return lines
 
 
+def data_probe_section():
+    """benchmarks/probe_data.py: can the demo teacher learn the classes of the shapes data?"""
+    rows = []
+    for path in sorted(glob.glob(os.path.join(RESULTS, "probe_data_*.json"))):
+        r = json.load(open(path))
+        rows += [dict(p, detector=r["detector"]) for p in r.get("previous", [])] + [r]
+    if not rows:
+        return []
+    lines = ["## The shapes data: does the demo teacher learn its classes? (`probe_data.py`)", "",
+             "Target of the replica-data issue: teacher AP >= 35, nearest-class-mean (NCM) accuracy of its pooled "
+             "GT features >= 0.8 on clear instances and visibly lower on ambiguous ones (10 classes: chance 0.1).", "",
+             "| detector | attempt | teacher iterations | AP | AP50 | NCM clear | NCM ambiguous | clear / ambiguous instances | date |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(
+            f"| {r['detector']} | {r.get('attempt', '')} | {r.get('teacher_iters', '')} | {r['AP']:.2f} | {r['AP50']:.2f} | "
+            f"{r['ncm_clear']:.3f} | {r['ncm_ambiguous']:.3f} | {r.get('n_clear', '')} / {r.get('n_ambiguous', '')} | "
+            f"{r.get('date', '')} |"
+        )
+    return lines + ["", "The targets are not met: see NOTES.md.", ""]
+
+
 def probe_sections():
     """Tables of ``probe_global_<detector>.json`` and ``probe_feature_<detector>.json``."""
     lines = []
@@ -345,6 +367,7 @@ def main():
         )
     lines += finetune_section(load("quality_finetune.json"))
     lines += loss_scales_section(load("loss_scales.json"))
+    lines += data_probe_section()
     lines += probe_sections()
     lines += speed_section(load("speed.json"))
     lines += anchor_kl_section()
