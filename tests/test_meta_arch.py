@@ -204,25 +204,6 @@ def test_negative_weight_rejected(rcnn_teacher):
         build_model(cfg)
 
 
-def test_teacher_with_other_fpn_levels(rcnn_teacher):
-    cfg = distill_cfg(rcnn_teacher)
-    # the teacher's FPN starts at res3: it outputs p3-p6, the student p2-p6
-    cfg.DISTILL.TEACHER.OPTS = [
-        "MODEL.FPN.IN_FEATURES", "['res3', 'res4', 'res5']",
-        "MODEL.RPN.IN_FEATURES", "['p3', 'p4', 'p5', 'p6']",
-        "MODEL.ROI_HEADS.IN_FEATURES", "['p3', 'p4', 'p5']",
-        "MODEL.ANCHOR_GENERATOR.SIZES", "[[16], [32], [64], [128]]",
-    ]
-    # instances of the student's P2 are read from the teacher's P3, upsampled 2x (the other
-    # levels from the teacher's own); P2 is not imitated as a feature map
-    model = build_model(cfg)
-    assert model.teacher_levels.source == {"p2": "p3", "p3": "p3", "p4": "p4", "p5": "p5"}
-    assert "p2" not in model.feature_levels
-    cfg.DISTILL.FEATURE.IN_FEATURES = ["p2", "p3"]
-    with pytest.raises(ValueError, match=r"DISTILL.FEATURE.IN_FEATURES"):
-        build_model(cfg)
-
-
 @pytest.mark.parametrize(
     "key, value, message",
     [
