@@ -9,7 +9,7 @@ LEGACY="MODEL.WEIGHTS '' DISTILL.FREEZE_STUDENT_BN False DISTILL.ATTENUATION Fal
 for det in retinanet faster_rcnn; do
   [ -f "$OUT/teacher_$det/model_final.pth" ] || eval .venv/bin/python tools/train_net.py \
     --config-file configs/Demo/teacher_${det}_R34_FPN.yaml $D SOLVER.MAX_ITER 40 SOLVER.WARMUP_ITERS 10 \
-    "SOLVER.STEPS '(30,)'" TEST.EVAL_PERIOD 0 OUTPUT_DIR "$OUT/teacher_$det"
+    TEST.EVAL_PERIOD 0 OUTPUT_DIR "$OUT/teacher_$det"
   eval .venv/bin/python benchmarks/loss_trace.py --config configs/Demo/gkd_${det}_R34_to_R18_FPN.yaml \
     --out "$OUT/head_$det.json" $D SOLVER.MAX_ITER 20 DISTILL.TEACHER.WEIGHTS "$OUT/teacher_$det/model_final.pth" \
     OUTPUT_DIR "$OUT/out_head_$det" DISTILL.PGM.PERIOD 10 $LEGACY
