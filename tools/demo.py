@@ -75,6 +75,7 @@ def train_and_evaluate(cfg, retrain):
         results = DistillTrainer.test(cfg, model)
     else:
         trainer = DistillTrainer(cfg)
+        trainer.resume_or_load(resume=False)  # MODEL.WEIGHTS: the trained student, when fine-tuning
         trainer.train()  # Detectron2's EvalHook evaluates DATASETS.TEST after the last step
         results = trainer._last_eval_results
         model = trainer.model
