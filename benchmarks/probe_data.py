@@ -15,6 +15,17 @@ FPN level, canonical level assignment, spatial mean) and measures nearest-class-
 - ``ncm_pairs_clear`` / ``ncm_pairs_ambiguous``: the same restricted to the look-alike pairs
   (disc/ring, square/notched_square).
 
+The canonical rule (224 px at P4) sends every box of these 160 px images to the lowest level,
+P3, whereas RetinaNet's anchors (12-160 px on P3-P7) detect a 40 px box on P4/P5: P3 cells
+inside a large box are trained as background there, so that NCM says what the *global term*
+sees, not what the teacher knows. Two checks of the teacher itself, on every instance:
+
+- ``own_clear`` / ``own_ambiguous`` / ``own_pairs_*`` / ``own_by_reason``: accuracy of the
+  detector's own classification of the GT box (RetinaNet: the classification head's argmax at
+  the anchor of highest IoU; Faster R-CNN: the box head's argmax, background excluded);
+- ``ncm_own_level_clear`` / ``ncm_own_level_ambiguous``: NCM of the features pooled at the
+  level the detector itself uses for the box (RetinaNet: that anchor's level).
+
 Writes ``benchmarks/results/probe_data_<detector>.json``; a record of earlier data (other
 generator parameters) in that file is kept under ``previous``.
 
@@ -29,8 +40,9 @@ import sys
 import numpy as np
 import torch
 from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.modeling.meta_arch.dense_detector import permute_to_N_HWA_K
 from detectron2.modeling.poolers import ROIPooler
-from detectron2.structures import Boxes
+from detectron2.structures import Boxes, pairwise_iou
 from detectron2.utils.env import seed_all_rng
 from detectron2.utils.logger import setup_logger
 
@@ -43,6 +55,7 @@ from quality import CONFIGS, METRICS, schedule, train_eval  # noqa: E402
 from gkd_d2 import DistillationCheckpointer, DistillTrainer  # noqa: E402
 from gkd_d2.data.builtin import register_datasets_from_cfg  # noqa: E402
 from gkd_d2.data.shapes import AMBIGUITY_REASONS, SHAPES_CLASSES  # noqa: E402
+from gkd_d2.pooling import pool_instances  # noqa: E402
 
 
 def parse_args():
@@ -61,6 +74,7 @@ def parse_args():
     p.add_argument("--output", default="output/probe_data")
     p.add_argument("--teacher-weights", default="", help="a teacher already trained on this data")
     p.add_argument("--results", default="", help="json to write (default results/probe_data_<detector>.json)")
+    p.add_argument("--attempt", default="", help="what this data version changed (the RESULTS.md table's column)")
     return p.parse_args()
 
 
@@ -99,6 +113,43 @@ def pooled_gt_features(model, inputs, boxes, batch=16):
     return torch.cat(out)
 
 
+@torch.no_grad()
+def own_view(model, inputs, boxes, batch=16):
+    """What the detector itself does with each GT box: (its own class prediction (N,), the FPN
+    features pooled at the level the detector itself uses for the box (N, D)).
+
+    RetinaNet: the classification head's argmax at the anchor of highest IoU with the box, and the
+    pooled features at that anchor's level (its anchor sizes, not the canonical 224 px rule,
+    decide which level detects a box). Faster R-CNN: the box head's argmax (background excluded)
+    on the GT box, pooled by its own box pooler (canonical rule, P2-P5)."""
+    heads = getattr(model, "roi_heads", None)
+    preds, feats_out = [], []
+    for s in range(0, len(inputs), batch):
+        images = model.preprocess_image(inputs[s : s + batch])
+        feats = model.backbone(images.tensor)
+        bx = [b.to(images.tensor.device) for b in boxes[s : s + batch]]
+        if heads is not None:
+            x = heads.box_pooler([feats[f] for f in heads.box_in_features], [Boxes(b) for b in bx])
+            scores, _ = heads.box_predictor(heads.box_head(x))
+            preds.append(scores[:, :-1].argmax(1))
+            feats_out.append(x.mean(dim=(2, 3)))
+            continue
+        levels = list(model.head_in_features)
+        flist = [feats[f] for f in levels]
+        anchors = model.anchor_generator(flist)
+        level_of = torch.cat([torch.full((len(a),), i, dtype=torch.long) for i, a in enumerate(anchors)])
+        all_anchors = Boxes.cat(anchors)
+        logits = torch.cat([permute_to_N_HWA_K(x, model.num_classes) for x in model.head(flist)[0]], dim=1)
+        level_index = []
+        for i, b in enumerate(bx):
+            best = pairwise_iou(Boxes(b), all_anchors).argmax(dim=1)
+            preds.append(logits[i, best].argmax(1))
+            level_index.append(level_of[best.cpu()])
+        strides = {f: model.backbone.output_shape()[f].stride for f in levels}
+        feats_out.append(pool_instances(feats, levels, strides, bx, torch.cat(level_index).to(bx[0].device)))
+    return torch.cat(preds).cpu(), torch.cat(feats_out).float().cpu()
+
+
 def class_knowledge(cfg, model):
     """NCM accuracies of the pooled GT features on clear / ambiguous validation instances."""
     num_classes = len(SHAPES_CLASSES)
@@ -112,6 +163,12 @@ def class_knowledge(cfg, model):
     for a, b in MetadataCatalog.get(cfg.DATASETS.TEST[0]).lookalike_pairs:
         pairs |= (classes == a) | (classes == b)
     scored = torch.arange(len(classes)) % 2 == 1  # what ncm() scores
+    own, x_own = own_view(model, inputs, boxes)
+    hit = own == classes
+
+    def acc(keep):
+        return float(hit[keep].float().mean()) if keep.any() else None
+
     out = {
         "n_instances": len(classes), "n_clear": int((~amb).sum()), "n_ambiguous": int(amb.sum()),
         "n_scored_clear": int((scored & ~amb).sum()), "n_scored_ambiguous": int((scored & amb).sum()),
@@ -121,11 +178,18 @@ def class_knowledge(cfg, model):
         "ncm_pairs_clear": ncm(x, classes, num_classes, pairs & ~amb),
         "ncm_pairs_ambiguous": ncm(x, classes, num_classes, pairs & amb),
         "ncm_by_reason": {}, "n_by_reason": {},
+        # the detector's own classification of each GT box (all instances, not only odd ones)
+        "own_clear": acc(~amb), "own_ambiguous": acc(amb),
+        "own_pairs_clear": acc(pairs & ~amb), "own_pairs_ambiguous": acc(pairs & amb), "own_by_reason": {},
+        # NCM of the features pooled at the level the detector itself uses for each box
+        "ncm_own_level_clear": ncm(x_own, classes, num_classes, ~amb),
+        "ncm_own_level_ambiguous": ncm(x_own, classes, num_classes, amb),
     }
     for reason in AMBIGUITY_REASONS:
         keep = torch.tensor([reason in a["ambiguity"] for a in anns])
         out["n_by_reason"][reason] = int(keep.sum())
         out["ncm_by_reason"][reason] = ncm(x, classes, num_classes, keep) if (keep & scored).any() else None
+        out["own_by_reason"][reason] = acc(keep)
     return out
 
 
@@ -169,6 +233,7 @@ def main():
     info = machine(args.device)
     record = {
         "detector": args.detector,
+        "attempt": args.attempt,
         "dataset": list(cfg.DATASETS.TEST),
         "train_dataset": list(cfg.DATASETS.TRAIN),
         "teacher_iters": args.teacher_iters,
