@@ -34,11 +34,15 @@ def files(root):
     return out
 
 
+SIZE = 160  # the sample's image size (the replica's)
+
+
 @pytest.fixture(scope="module")
 def sample(tmp_path_factory):
-    """150 images of 96 px, seed 0: (annotations, categories)."""
-    root = tmp_path_factory.mktemp("shapes150")
-    coco = json.load(open(generate_shapes_coco(str(root), 150, image_size=96, seed=0)))
+    """200 images of 160 px, seed 0, the default parameters: (annotations, categories)."""
+    root = tmp_path_factory.mktemp("shapes200")
+    coco = json.load(open(generate_shapes_coco(str(root), 200, image_size=SIZE, seed=0)))
+    assert [im["id"] for im in coco["images"]] == list(range(1, 201))
     return coco["annotations"], coco["categories"]
 
 
@@ -79,20 +83,44 @@ def test_ten_balanced_classes_with_lookalike_pairs(sample):
 def test_ambiguous_instances_are_a_minority_of_every_kind(sample):
     anns, _ = sample
     share = np.mean([a["ambiguous"] for a in anns])
-    assert 0.12 <= share <= 0.4, share
+    assert 0.15 <= share <= 0.3, share  # about 21% with the defaults
     for reason in AMBIGUITY_REASONS:
         assert sum(reason in a["ambiguity"] for a in anns) >= 0.02 * len(anns), reason
     clear = [a for a in anns if not a["ambiguous"]]
-    # clear instances are large enough to show their shape; small ones really are small
-    assert np.median([min(a["bbox"][2:]) for a in clear]) >= 18
+    # clear instances are large enough to show their shape (28-80 px at 160 px); small ones
+    # really are small
+    sizes = [a["object_size"] for a in clear]
+    assert 28 <= min(sizes) and max(sizes) <= 80 and 36 <= np.median(sizes) <= 52, np.percentile(sizes, [0, 50, 100])
+    assert np.median([min(a["bbox"][2:]) for a in clear]) >= 30
     assert max(a["object_size"] for a in anns if "small" in a["ambiguity"]) <= 12
+
+
+def test_few_objects_per_image(sample):
+    """1-4 objects per image (plus an occluder on top of each one made occluded): calm scenes a
+    from-scratch detector learns in the replica's schedule."""
+    anns, _ = sample
+    per_image = np.bincount([a["image_id"] for a in anns], minlength=201)[1:]
+    assert per_image.max() <= 8 and 1.6 <= per_image.mean() <= 2.6, np.bincount(per_image)
+    assert (per_image == 0).mean() < 0.03  # almost every image has an annotation
+
+
+def test_real_within_class_variation(sample):
+    """Every class comes in many sizes and proportions (deformation, stroke widths); its boxes'
+    aspect ratios are not one fixed value."""
+    anns, _ = sample
+    for c in range(1, len(SHAPES_CLASSES) + 1):
+        clear = [a for a in anns if a["category_id"] == c and not a["ambiguous"]]
+        sizes = [a["object_size"] for a in clear]
+        aspect = [a["bbox"][2] / a["bbox"][3] for a in clear]
+        assert max(sizes) / min(sizes) > 1.8, (SHAPES_CLASSES[c - 1], sizes)
+        assert max(aspect) / min(aspect) > 1.25, (SHAPES_CLASSES[c - 1], aspect)
 
 
 def test_ambiguity_flags_agree_with_the_measurements(sample):
     anns, _ = sample
     for a in anns:
         x, y, w, h = a["bbox"]
-        assert w > 0 and h > 0 and x >= 0 and y >= 0 and x + w <= 96 and y + h <= 96
+        assert w > 0 and h > 0 and x >= 0 and y >= 0 and x + w <= SIZE and y + h <= SIZE
         assert a["iscrowd"] == 0 and 0 < a["area"] <= w * h
         assert a["ambiguous"] == bool(a["ambiguity"]) and set(a["ambiguity"]) <= set(AMBIGUITY_REASONS)
         assert ("small" in a["ambiguity"]) == (a["object_size"] <= 12)
@@ -100,7 +128,7 @@ def test_ambiguity_flags_agree_with_the_measurements(sample):
         assert ("occluded" in a["ambiguity"]) == (a["visible_fraction"] < 0.75)
         assert 0.25 <= a["visible_fraction"] <= 1
         if "truncated" in a["ambiguity"]:  # cut by the border: the box was clipped there
-            assert a["truncated"] and (x == 0 or y == 0 or x + w == 96 or y + h == 96)
+            assert a["truncated"] and (x == 0 or y == 0 or x + w == SIZE or y + h == SIZE)
 
 
 def test_lookalike_pairs_differ_only_in_a_detail_that_is_there_at_large_size():

@@ -16,15 +16,24 @@ Two look-alike pairs (``SHAPES_LOOKALIKE_PAIRS``) differ only in one detail: ``r
 with a square bite out of one corner (30-40% of the side). At normal sizes (>= ``min_clear``
 px) the detail is several pixels wide; on a small or blurred instance it washes out.
 
-Within-class variation, all independent of the class: an affine deformation (rotation,
-aspect ratio 0.75-1.33, shear up to 0.2) and a smooth sinusoidal wobble of the outline; the
-shape's own proportions (the ring's width, the cross's, star's, ell's and arrow's stroke
-widths, the crescent's bite, the notch's size); colour (random, kept away from the
-background's); texture (flat, shaded, mottled or striped: the base colour modulated by 12-40
-levels, for every class). The background is a two-colour gradient with low-frequency clouds,
-soft blobs and pixel noise (no shape-like clutter).
+Within-class variation, all independent of the class: an affine deformation (a tilt of up
+to 15 degrees from the upright pose, aspect ratio 0.8-1.25, shear up to 0.12) and a smooth
+sinusoidal wobble of the outline (up to 4% of the radius); the shape's own proportions (the
+ring's width, the cross's, star's, ell's and arrow's stroke widths, the crescent's bite, the
+notch's size); colour (random, at least ``min_contrast`` from the background's where a few
+draws find one); texture (flat, shaded, mottled or striped: the base colour modulated by 8-24
+levels, for every class). The background is calm: a linear gradient that changes by at most 40
+levels per channel along each axis, faint low-frequency clouds (up to 8 levels) and pixel noise
+(no shape-like clutter).
 
-Each image: ``min_objects..max_objects`` objects (3-10), classes uniform. Each object is
+Version 3 (``SHAPES_GENERATOR_VERSION``) made the classes learnable by the demo teacher in the
+replica's schedule: version 2 (3-10 objects of 22-56 px, any rotation, shear 0.2, texture
+12-40 levels, clouds and blobs on the background) left a from-scratch RetinaNet R34 at 7.4 AP
+after 1200 iterations, its own classification of clear GT boxes at chance. Shapes are kept
+near upright as most real objects are: in a quick check (a 4-layer CNN on 40 px crops of clear
+instances, 600 steps of 32) any rotation gave 67% accuracy, +-45 degrees 91%, +-15 degrees 99%.
+
+Each image: ``min_objects..max_objects`` objects (1-4), classes uniform. Each object is
 *clear* with probability ``1 - ambiguous_prob``; otherwise one reason is drawn uniformly:
 
 - ``small``: diameter log-uniform in ``[min_size, small_max]`` px;
@@ -39,7 +48,8 @@ inside the image. Ambiguity is then *measured* on the rendered image, never assu
 an annotation's ``ambiguity`` lists every reason that applies (``small``: diameter
 ``<= small_max``; ``blurred``; ``occluded``: ``visible_fraction < 0.75``; ``truncated``: less
 than 80% of the object inside the image) and ``ambiguous`` is whether that list is non-empty.
-With the defaults 20-25% of the annotations are ambiguous (22% at 160 px).
+With the defaults about 20% of the annotations are ambiguous (20% at 160 px, 2.0 annotations
+per image; clear objects 28-80 px, median 42).
 
 Annotations are COCO boxes ``[x, y, w, h]`` (pixel-edge coordinates, ``iscrowd = 0``,
 ``area`` = visible pixel count) with the extra fields ``SHAPES_EXTRA_ANNOTATION_KEYS``:
@@ -65,7 +75,7 @@ from PIL import Image
 from scipy import ndimage
 
 from .generated import generator_params, image_hw, register_generated_dataset
-from .synthetic import _SS, _coarse_noise, _distinct_colour, _window
+from .synthetic import _SS, _coarse_noise, _distinct_colour
 
 __all__ = [
     "SHAPES_CLASSES",
@@ -87,12 +97,18 @@ SHAPES_EXTRA_ANNOTATION_KEYS = (
     "visible_fraction", "blurred", "truncated", "ambiguous", "ambiguity", "object_size",
 )
 #: bump when the generator's output changes, so stale generated folders are regenerated
-SHAPES_GENERATOR_VERSION = 2
+SHAPES_GENERATOR_VERSION = 3
 
 _OCCLUDED_BELOW = 0.75  # visible fraction under which an instance counts as occluded
 _TRUNCATED_BELOW = 0.8  # share inside the image under which it counts as truncated
 _EXTENT = 1.45  # half-width of an object's window, in radii (deformation included)
 _LOOKALIKE = {a: b for pair in SHAPES_LOOKALIKE_PAIRS for a, b in (pair, pair[::-1])}
+_ROTATION = np.radians(15.0)  # largest tilt of a shape (radians) from its upright pose
+_ASPECT = (0.8, 1.25)  # aspect-ratio range of the affine deformation
+_SHEAR = 0.12  # largest shear of the affine deformation
+_WOBBLE = 0.04  # largest amplitude of the outline's sinusoidal wobble (unit radius)
+_TEXTURE = (8.0, 24.0)  # range of the texture's modulation of the base colour (grey levels)
+_CLOUDS = 8.0  # largest amplitude of the background's low-frequency clouds (grey levels)
 
 
 # --------------------------------------------------------------------------------------------
@@ -171,26 +187,21 @@ def _modulation(rng, u, v, size):
 def _paint(rng, u, v, size, base):
     """Colour (..., 3) of an object: ``base`` modulated by a class-independent texture."""
     m = _modulation(rng, u, v, size)
-    amp = rng.uniform(12, 40) * rng.choice([-1.0, 1.0], size=3)
+    amp = rng.uniform(*_TEXTURE) * rng.choice([-1.0, 1.0], size=3)
     return base + m[..., None] * amp
 
 
 def _background(rng, h, w, noise):
-    """Gradient + clouds + a few soft blobs: texture, but nothing shaped like an object."""
+    """A calm background: a linear gradient (at most 40 levels per channel along each axis) and
+    faint low-frequency clouds; nothing shaped like an object."""
     s = float(max(h, w))
-    c = rng.uniform(25, 230, size=(3, 3)).astype(np.float32)
+    c0 = rng.uniform(25, 230, size=3)
+    c = np.stack([c0, *np.clip(c0 + rng.uniform(-40, 40, size=(2, 3)), 0, 255)]).astype(np.float32)
     gx = (np.arange(w, dtype=np.float32) / s)[None, :, None]
     gy = (np.arange(h, dtype=np.float32) / s)[:, None, None]
     img = c[0] + (c[1] - c[0]) * gx + (c[2] - c[0]) * gy
-    clouds = _coarse_noise(rng, h, w, int(rng.integers(3, 8))).astype(np.float32)
-    img += clouds[..., None] * rng.uniform(5, 20, size=3).astype(np.float32)
-    for _ in range(int(rng.integers(0, 4))):
-        cx, cy, sd = rng.uniform(0, w), rng.uniform(0, h), rng.uniform(4, 0.15 * s)
-        y0, y1, x0, x1 = _window(cx, cy, 3 * sd, h, w)
-        if y0 < y1 and x0 < x1:
-            gy, gx = np.ogrid[y0:y1, x0:x1]
-            g = np.exp(-((gx - cx) ** 2 + (gy - cy) ** 2) / (2 * sd * sd))
-            img[y0:y1, x0:x1] += (g[..., None] * rng.uniform(-40, 40, size=3)).astype(np.float32)
+    clouds = _coarse_noise(rng, h, w, int(rng.integers(3, 6))).astype(np.float32)
+    img += clouds[..., None] * rng.uniform(0, _CLOUDS, size=3).astype(np.float32)
     return img, float(rng.uniform(0.3, 1.0) * noise)
 
 
@@ -259,14 +270,14 @@ def _deformed_coords(rng, o, x0, y0, x1, y1):
     cx, cy = o["centre"]
     ys = ((np.arange((y1 - y0) * _SS) + 0.5) / _SS + y0 - cy) / r
     xs = ((np.arange((x1 - x0) * _SS) + 0.5) / _SS + x0 - cx) / r
-    angle = rng.uniform(0, 2 * np.pi)
-    aspect = np.exp(rng.uniform(np.log(0.75), np.log(4 / 3)))
-    shear = rng.uniform(-0.2, 0.2)
+    angle = rng.uniform(-_ROTATION, _ROTATION)
+    aspect = np.exp(rng.uniform(np.log(_ASPECT[0]), np.log(_ASPECT[1])))
+    shear = rng.uniform(-_SHEAR, _SHEAR)
     ca, sa = np.cos(angle), np.sin(angle)
     u = (xs[None, :] * ca + ys[:, None] * sa) * np.sqrt(aspect)
     v = (-xs[None, :] * sa + ys[:, None] * ca) / np.sqrt(aspect)
     u = u + shear * v
-    amp, freq, ph = rng.uniform(0, 0.07, size=2), rng.uniform(2, 5, size=2), rng.uniform(0, 2 * np.pi, size=2)
+    amp, freq, ph = rng.uniform(0, _WOBBLE, size=2), rng.uniform(2, 5, size=2), rng.uniform(0, 2 * np.pi, size=2)
     return u + amp[0] * np.sin(freq[0] * v + ph[0]), v + amp[1] * np.sin(freq[1] * u + ph[1])
 
 
@@ -345,17 +356,17 @@ def generate_shapes_coco(
     num_images,
     image_size=160,
     seed=0,
-    min_objects=3,
-    max_objects=10,
+    min_objects=1,
+    max_objects=4,
     ambiguous_prob=0.25,
     min_size=6.0,
     small_max=12.0,
-    min_clear=22.0,
-    max_size_frac=0.35,
+    min_clear=28.0,
+    max_size_frac=0.5,
     min_visible=0.25,
     min_inside=0.35,
-    min_contrast=80.0,
-    noise=5.0,
+    min_contrast=100.0,
+    noise=3.0,
 ):
     """Write the PNGs ``out_dir/images/{image_id:06d}.png`` (ids ``1..num_images``) and
     ``out_dir/annotations.json``; ``out_dir`` is created, same-named files are overwritten.
