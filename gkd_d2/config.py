@@ -110,6 +110,9 @@ def add_distill_config(cfg):
     _C.DISTILL.PGM.QUANTILE = 0.4
     _C.DISTILL.PGM.MAX_SAMPLES = 800  # instances per class
     _C.DISTILL.PGM.MIN_SIZE = 30  # shorter box side, pixels, at the test-time input scale
+    # Which instances: "uniform" (per class at random among the eligible ones) or "compact" (as
+    # many per class, from far fewer images: what a refresh reads). gkd_d2/prototypes/instances.py
+    _C.DISTILL.PGM.SAMPLING = "uniform"
     # Iterations between refreshes; 0 = one epoch = ceil(#images / SOLVER.IMS_PER_BATCH).
     _C.DISTILL.PGM.PERIOD = 0
     _C.DISTILL.PGM.SEED = 0

@@ -1,7 +1,8 @@
 """DistillTrainer: Detectron2's DefaultTrainer (also for plain teachers and students) with the
 distillation checkpointer, the prototype-refresh hook, exact resumption after an interrupt
-(:mod:`gkd_d2.resume`), an evaluator chosen from the dataset's metadata, and several processes
-on the CPU (``--num-gpus N`` with ``MODEL.DEVICE cpu``: gloo, DDP without device ids)."""
+(:mod:`gkd_d2.resume`), an evaluator chosen from the dataset's metadata, several processes
+on the CPU (``--num-gpus N`` with ``MODEL.DEVICE cpu``: gloo, DDP without device ids), and
+mixed precision on the CPU too (:mod:`gkd_d2.amp`)."""
 import hashlib
 import logging
 import os
@@ -15,6 +16,7 @@ from detectron2.engine import DefaultTrainer, HookBase, hooks
 from detectron2.evaluation import COCOEvaluator, PascalVOCDetectionEvaluator
 from detectron2.utils import comm
 
+from .amp import amp_trainer_for
 from .checkpoint import DistillationCheckpointer
 from .prototypes.refresh import PrototypeRefreshHook
 from .resume import GracefulInterruptHook, ResumableTrainingSampler, RNGState
@@ -107,6 +109,10 @@ class DistillTrainer(DefaultTrainer):
     def __init__(self, cfg):
         with _cpu_capable_ddp():
             super().__init__(cfg)
+        if cfg.SOLVER.AMP.ENABLED and not cfg.MODEL.DEVICE.startswith("cuda"):
+            # Detectron2's AMPTrainer needs CUDA; the same step in bfloat16 on the CPU.
+            t = self._trainer
+            self._trainer = amp_trainer_for(t.model, t.data_loader, t.optimizer, cfg.MODEL.DEVICE)
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):

@@ -5,6 +5,7 @@ teacher/student pair by the detector families (``detectors/``).
 """
 from .config import SUPPORTED_STUDENTS
 from .knowledge import KNOWLEDGE_REGISTRY
+from .prototypes.instances import check_sampling
 from .prototypes.selection import check_selection
 
 
@@ -31,6 +32,7 @@ def validate_distill_config(cfg):
         if not ok:
             raise ValueError(f"DISTILL.PGM.{key}={p[key]!r}: {fix}.")
     check_selection(p.SELECTION)
+    check_sampling(p.SAMPLING)
     unknown = [n for n in cfg.DISTILL.ATTENUATED_TERMS if n not in cfg.DISTILL.KNOWLEDGE and n not in KNOWLEDGE_REGISTRY]
     if unknown:
         raise ValueError(f"DISTILL.ATTENUATED_TERMS: unknown knowledge terms {unknown}.")

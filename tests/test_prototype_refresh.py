@@ -8,6 +8,7 @@ import torch
 from detectron2.data import DatasetCatalog
 from detectron2.engine import launch
 from detectron2.modeling import build_model
+from detectron2.structures import BoxMode
 from helpers import distill_cfg, pgm_warnings_without_class
 
 from gkd_d2 import DistillTrainer, PrototypeRefresher
@@ -73,6 +74,61 @@ def test_sample_instances_respects_cap_min_size_and_seed(synth):
         if min(a["bbox"][2], a["bbox"][3]) * 2 >= 10
     )
     assert sum(len(r.classes) for r in all_recs) == eligible
+
+
+def _dicts(images):
+    """Dataset dicts of 100x100 images; ``images``: per image a list of (class, box side px)."""
+    return [
+        {
+            "file_name": f"img{i}.png", "image_id": i, "height": 100, "width": 100,
+            "annotations": [
+                {"bbox": [j, j, side, side], "bbox_mode": BoxMode.XYWH_ABS, "category_id": c}
+                for j, (c, side) in enumerate(anns)
+            ],
+        }
+        for i, anns in enumerate(images)
+    ]
+
+
+def _counts(recs, num_classes):
+    return np.bincount(np.concatenate([r.classes for r in recs]), minlength=num_classes).tolist()
+
+
+def test_compact_sampling_takes_the_rare_class_first_and_reuses_its_images():
+    # Class 1 (rare) lives only in images 0 and 1, which also hold 2 instances of class 0 each;
+    # images 2-9 hold 3 of class 0 each. A cap of 4: class 1 takes its 2, class 0 then finds
+    # its 4 in the images already chosen, so the refresh reads 2 images, not up to 6.
+    images = [[(0, 20), (0, 20), (1, 20)]] * 2 + [[(0, 20)] * 3] * 8
+    kw = dict(num_classes=2, max_samples=4, min_size=10, seed=0, test_short_edge=100, test_max_size=100)
+    compact = sample_instances(_dicts(images), sampling="compact", **kw)
+    assert [r.image_id for r in compact] == [0, 1]
+    assert _counts(compact, 2) == [4, 2]
+    uniform = sample_instances(_dicts(images), sampling="uniform", **kw)
+    assert _counts(uniform, 2) == [4, 2]  # the same number per class either way
+    # Not enough in the chosen images: whole new images, then part of the last one.
+    compact = sample_instances(_dicts(images), sampling="compact", **{**kw, "max_samples": 9})
+    assert _counts(compact, 2) == [9, 2]
+    assert len(compact) == 4  # images 0, 1 (4 of class 0), then 5 more: two images of 3
+    again = sample_instances(_dicts(images), sampling="compact", **{**kw, "max_samples": 9})
+    assert [r.ann_index.tolist() for r in again] == [r.ann_index.tolist() for r in compact]
+    assert [r.image_id for r in again] == [r.image_id for r in compact]
+
+
+def test_compact_sampling_reads_fewer_images_with_the_same_counts():
+    rng = np.random.default_rng(0)  # 300 images, 6 classes of very different frequencies
+    images = [
+        [(int(c), int(s)) for c, s in zip(rng.choice(6, rng.integers(1, 8), p=[.5, .2, .15, .1, .04, .01]), rng.integers(5, 40, 8))]
+        for _ in range(300)
+    ]
+    kw = dict(num_classes=6, max_samples=30, min_size=12, seed=1, test_short_edge=100, test_max_size=100)
+    uniform = sample_instances(_dicts(images), sampling="uniform", **kw)
+    compact = sample_instances(_dicts(images), sampling="compact", **kw)
+    assert _counts(compact, 6) == _counts(uniform, 6)
+    assert len(compact) < 0.6 * len(uniform)
+    for r in compact:  # only eligible instances, each once
+        assert (r.boxes[:, 2] - r.boxes[:, 0] >= 12).all() and len(set(r.ann_index)) == len(r.ann_index)
+    with pytest.raises(ValueError, match="DISTILL.PGM.SAMPLING='fewest'"):
+        sample_instances(_dicts(images), sampling="fewest", **kw)
 
 
 def test_hook_schedule_cache_and_modes(synth, synth_teacher, tmp_path, monkeypatch):

@@ -29,6 +29,15 @@ class FCOS(D2FCOS):
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
 
+    def losses(self, anchors, pred_logits, gt_labels, pred_anchor_deltas, gt_boxes, pred_centerness):
+        """Detectron2's FCOS losses on float32 predictions: under mixed precision its GIoU loss
+        (fvcore) fails on half-precision boxes ("Index put requires the source and destination
+        dtypes match"). A no-op in float32."""
+        pred_logits, pred_anchor_deltas, pred_centerness = (
+            [x.float() for x in xs] for xs in (pred_logits, pred_anchor_deltas, pred_centerness)
+        )
+        return super().losses(anchors, pred_logits, gt_labels, pred_anchor_deltas, gt_boxes, pred_centerness)
+
     @classmethod
     def from_config(cls, cfg):
         c = cfg.MODEL.FCOS

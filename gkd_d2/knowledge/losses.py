@@ -72,7 +72,7 @@ def decoupled_feature_loss(
 
     student (adapted), teacher: (B, D, H, W); fg_mask (B, H, W) with values in [0, 1].
     """
-    err = (teacher - student).pow(2).mean(dim=1)  # (B, H, W): sum over C / (C * cells)
+    err = (teacher - student).float().pow(2).mean(dim=1)  # (B, H, W): sum over C / (C * cells)
     bg_mask = (fg_mask <= 0).to(err.dtype)
     fg = (fg_mask * err).sum() / (2 * fg_mask.sum()).clamp(min=1)
     bg = (bg_mask * err).sum() / (2 * bg_mask.sum()).clamp(min=1)
@@ -120,8 +120,8 @@ def decoupled_feature_losses(adapters, batch, levels, instance_levels, weights, 
 def roi_kl(student_logits, teacher_logits, weights, temperature: float) -> torch.Tensor:
     """mean_i w_i T^2 KL(p_T,i || p_S,i). logits (R, C+1), weights (R,). 0 when R == 0."""
     t = temperature
-    log_p_s = F.log_softmax(student_logits / t, dim=1)
-    log_p_t = F.log_softmax(teacher_logits / t, dim=1)
+    log_p_s = F.log_softmax(student_logits.float() / t, dim=1)
+    log_p_t = F.log_softmax(teacher_logits.float() / t, dim=1)
     kl = (log_p_t.exp() * (log_p_t - log_p_s)).sum(dim=1) * t * t  # (R,)
     return (weights * kl).sum() / max(1, kl.shape[0])
 
@@ -192,8 +192,8 @@ def class_mean_kl(student_logits, teacher_logits, temperature: float) -> torch.T
     """(N,) ``T^2 mean_k p_T,k (log p_T,k - log p_S,k)``: the softmax KL of each row divided by
     the number of classes K (the release's response). logits (N, K)."""
     t = temperature
-    log_p_s = F.log_softmax(student_logits / t, dim=1)
-    log_p_t = F.log_softmax(teacher_logits / t, dim=1)
+    log_p_s = F.log_softmax(student_logits.float() / t, dim=1)
+    log_p_t = F.log_softmax(teacher_logits.float() / t, dim=1)
     return (log_p_t.exp() * (log_p_t - log_p_s)).mean(dim=1) * t * t
 
 
@@ -238,8 +238,8 @@ def global_knowledge_loss_every_level(beta_t, beta_s, slot_valid, weights, level
 def weighted_soft_cross_entropy(student_logits, teacher_logits, class_weights, temperature):
     """mean_i - sum_c w_c P_T,ic log P_S,ic. logits (R, C+1), class_weights (C+1,)."""
     t = temperature
-    p_t = F.softmax(teacher_logits / t, dim=1)
-    log_p_s = F.log_softmax(student_logits / t, dim=1)
+    p_t = F.softmax(teacher_logits.float() / t, dim=1)
+    log_p_s = F.log_softmax(student_logits.float() / t, dim=1)
     return -(class_weights * p_t * log_p_s).sum(dim=1).sum() / max(1, student_logits.shape[0])
 
 
@@ -252,8 +252,8 @@ def class_deltas(deltas: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
 
 def bounded_regression(student_deltas, teacher_deltas, targets, margin):
     """(F,) per-RoI L_b: ||R_S - y||^2 where it is not below ||R_T - y||^2 - m, else 0."""
-    err_s = (student_deltas - targets).pow(2).sum(dim=1)
-    err_t = (teacher_deltas.detach() - targets).pow(2).sum(dim=1)
+    err_s = (student_deltas.float() - targets).pow(2).sum(dim=1)
+    err_t = (teacher_deltas.detach().float() - targets).pow(2).sum(dim=1)
     return torch.where(err_s + margin > err_t, err_s, torch.zeros_like(err_s))
 
 # ----------------------------------------------------------------------------- hints, FGFI
@@ -261,8 +261,8 @@ def bounded_regression(student_deltas, teacher_deltas, targets, margin):
 def hint_loss(adapted: torch.Tensor, teacher: torch.Tensor, kind: str = "l2") -> torch.Tensor:
     """Mean squared (``l2``) or absolute (``l1``) error per element. Shapes (B, D_T, H, W)."""
     if kind == "l1":
-        return F.l1_loss(adapted, teacher)
-    return F.mse_loss(adapted, teacher)
+        return F.l1_loss(adapted.float(), teacher.float())
+    return F.mse_loss(adapted.float(), teacher.float())
 
 def imitation_masks(gt_boxes: List[Boxes], anchors: List[Boxes], shapes, num_anchors: int, psi: float):
     """list over levels of (B, H, W) bool masks: cells with an anchor of IoU > psi * max IoU.
@@ -288,7 +288,7 @@ def imitation_masks(gt_boxes: List[Boxes], anchors: List[Boxes], shapes, num_anc
 
 def masked_imitation_loss(students, teachers, masks) -> torch.Tensor:
     """sum over levels, masked cells and channels of squared error / (2 * #masked cells)."""
-    total = sum((m[:, None] * (t - s).pow(2)).sum() for s, t, m in zip(students, teachers, masks))
+    total = sum((m[:, None] * (t - s).float().pow(2)).sum() for s, t, m in zip(students, teachers, masks))
     cells = sum(m.sum() for m in masks)
     return total / (2 * cells.clamp(min=1))
 

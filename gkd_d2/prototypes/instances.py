@@ -35,6 +35,84 @@ class ImageInstances:
     ann_index: np.ndarray
 
 
+SAMPLINGS = ("uniform", "compact")
+
+
+def check_sampling(sampling: str) -> str:
+    """``DISTILL.PGM.SAMPLING`` must name one of :data:`SAMPLINGS`."""
+    if sampling not in SAMPLINGS:
+        raise ValueError(f"DISTILL.PGM.SAMPLING={sampling!r}: choose one of {', '.join(SAMPLINGS)}.")
+    return sampling
+
+
+def _annotation_table(dataset_dicts: Sequence[dict], test_short_edge: int, test_max_size: int):
+    """(image index, annotation index, class, shorter side at the test scale) of every non-crowd
+    annotation, each an (n,) array. One pass of Python over the annotations; boxes are converted
+    per ``bbox_mode`` in bulk."""
+    img_idx, ann_idx, cls, boxes, modes, scales = [], [], [], [], [], []
+    for i, d in enumerate(dataset_dicts):
+        anns = d.get("annotations", [])
+        if not anns:
+            continue
+        newh, _ = T.ResizeShortestEdge.get_output_shape(d["height"], d["width"], test_short_edge, test_max_size)
+        scale = newh / d["height"]
+        for j, a in enumerate(anns):
+            if a.get("iscrowd", 0):
+                continue
+            img_idx.append(i)
+            ann_idx.append(j)
+            cls.append(a["category_id"])
+            boxes.append(a["bbox"][:4])
+            modes.append(int(a["bbox_mode"]))
+            scales.append(scale)
+    boxes, modes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4), np.asarray(modes)
+    for mode in np.unique(modes):
+        if mode != BoxMode.XYXY_ABS:
+            boxes[modes == mode] = BoxMode.convert(boxes[modes == mode], BoxMode(mode), BoxMode.XYXY_ABS)
+    short = np.minimum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]) * np.asarray(scales)
+    return (
+        np.asarray(img_idx, dtype=np.int64),
+        np.asarray(ann_idx, dtype=np.int64),
+        np.asarray(cls, dtype=np.int64),
+        short,
+        boxes,
+    )
+
+
+def _uniform_choice(cls, eligible, num_classes, max_samples, rng) -> np.ndarray:
+    """Per class, ``max_samples`` of its eligible annotations uniformly at random (all if fewer)."""
+    chosen = []
+    for c in range(num_classes):
+        rows = np.flatnonzero((cls == c) & eligible)
+        if len(rows) > max_samples:
+            rows = rng.choice(rows, max_samples, replace=False)
+        chosen.append(rows)
+    return np.concatenate(chosen)
+
+
+def _compact_choice(img_idx, cls, eligible, num_classes, max_samples, num_images, rng) -> np.ndarray:
+    """Per class, ``max_samples`` eligible annotations (all if fewer) from as few images as a
+    greedy pass finds: classes from the rarest up; a class first takes its annotations in images
+    chosen already (uniformly among them), then whole images of its own in a random order."""
+    taken = np.zeros(num_images, dtype=bool)  # images read already
+    counts = np.bincount(cls[eligible], minlength=num_classes)
+    chosen = []
+    for c in np.argsort(counts, kind="stable"):
+        rows = np.flatnonzero((cls == c) & eligible)
+        if len(rows) > max_samples:
+            free = rows[taken[img_idx[rows]]]
+            if len(free) >= max_samples:
+                rows = rng.choice(free, max_samples, replace=False)
+            else:  # then new images in a random order, the instances of one image together
+                new = rows[~taken[img_idx[rows]]]
+                image_rank = rng.permutation(num_images)[img_idx[new]]
+                order = np.lexsort((rng.random(len(new)), image_rank))
+                rows = np.concatenate([free, new[order[: max_samples - len(free)]]])
+        taken[img_idx[rows]] = True
+        chosen.append(rows)
+    return np.concatenate(chosen) if chosen else np.zeros(0, dtype=np.int64)
+
+
 def sample_instances(
     dataset_dicts: Sequence[dict],
     num_classes: int,
@@ -43,49 +121,39 @@ def sample_instances(
     seed: int,
     test_short_edge: int,
     test_max_size: int,
+    sampling: str = "uniform",
 ) -> List[ImageInstances]:
     """Per class at most ``max_samples`` instances with shorter side >= ``min_size`` pixels at
-    the test-time scale, chosen uniformly at random with ``seed``. Returns one record per image
-    that has a sampled instance, in dataset order (crowd boxes are never sampled)."""
-    img_idx, ann_idx, cls, short = [], [], [], []
-    for i, d in enumerate(dataset_dicts):
-        h, w = d["height"], d["width"]
-        newh, neww = T.ResizeShortestEdge.get_output_shape(h, w, test_short_edge, test_max_size)
-        scale = newh / h
-        for j, a in enumerate(d.get("annotations", [])):
-            if a.get("iscrowd", 0):
-                continue
-            x0, y0, x1, y1 = BoxMode.convert(a["bbox"], a["bbox_mode"], BoxMode.XYXY_ABS)
-            img_idx.append(i)
-            ann_idx.append(j)
-            cls.append(a["category_id"])
-            short.append(min(x1 - x0, y1 - y0) * scale)
-    img_idx, ann_idx, cls, short = map(np.asarray, (img_idx, ann_idx, cls, short))
+    the test-time scale, drawn with ``seed``. Returns one record per image that has a sampled
+    instance, in dataset order (crowd boxes are never sampled).
+
+    ``sampling``: ``"uniform"``, each class's instances uniformly at random among its eligible
+    ones; ``"compact"``, the same number per class from far fewer images (a refresh reads every
+    image with a sampled instance): rarest class first, each class takes its instances in the
+    images chosen already before it adds images of its own (:func:`_compact_choice`).
+    """
+    check_sampling(sampling)
+    img_idx, ann_idx, cls, short, xyxy = _annotation_table(dataset_dicts, test_short_edge, test_max_size)
     rng = np.random.default_rng(seed)
-    chosen = []
-    for c in range(num_classes):
-        eligible = np.flatnonzero((cls == c) & (short >= min_size))
-        if len(eligible) > max_samples:
-            eligible = np.sort(rng.choice(eligible, max_samples, replace=False))
-        chosen.append(eligible)
-    chosen = np.sort(np.concatenate(chosen)) if chosen else np.zeros(0, dtype=int)
+    eligible = short >= min_size
+    if sampling == "uniform":
+        chosen = _uniform_choice(cls, eligible, num_classes, max_samples, rng)
+    else:
+        chosen = _compact_choice(img_idx, cls, eligible, num_classes, max_samples, len(dataset_dicts), rng)
+    chosen = np.sort(chosen)
 
     records = []
-    for i in np.unique(img_idx[chosen]) if len(chosen) else []:
-        sel = chosen[img_idx[chosen] == i]
+    bounds = np.flatnonzero(np.diff(img_idx[chosen])) + 1
+    for sel in np.split(chosen, bounds) if len(chosen) else []:
+        i = int(img_idx[sel[0]])
         d = dataset_dicts[i]
-        anns = d["annotations"]
-        boxes = [
-            BoxMode.convert(anns[j]["bbox"], anns[j]["bbox_mode"], BoxMode.XYXY_ABS)
-            for j in ann_idx[sel]
-        ]
         records.append(
             ImageInstances(
                 file_name=d["file_name"],
                 image_id=int(d.get("image_id", i)),
                 height=d["height"],
                 width=d["width"],
-                boxes=np.asarray(boxes, dtype=np.float32).reshape(-1, 4),
+                boxes=xyxy[sel].astype(np.float32),
                 classes=cls[sel],
                 ann_index=ann_idx[sel],
             )
@@ -94,7 +162,7 @@ def sample_instances(
 
 
 def sample_instances_from_cfg(cfg, dataset_dicts: Sequence[dict], num_classes: int) -> List[ImageInstances]:
-    """:func:`sample_instances` with ``DISTILL.PGM.MAX_SAMPLES / MIN_SIZE / SEED`` and the
+    """:func:`sample_instances` with ``DISTILL.PGM.MAX_SAMPLES / MIN_SIZE / SEED / SAMPLING`` and the
     test-time input size of ``cfg``."""
     p = cfg.DISTILL.PGM
     return sample_instances(
@@ -105,6 +173,7 @@ def sample_instances_from_cfg(cfg, dataset_dicts: Sequence[dict], num_classes: i
         int(p.SEED),
         cfg.INPUT.MIN_SIZE_TEST,
         cfg.INPUT.MAX_SIZE_TEST,
+        str(p.SAMPLING),
     )
 
 

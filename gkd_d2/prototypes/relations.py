@@ -34,9 +34,10 @@ def prototype_coefficients(feats, prototypes, level_index):
     level_index (N,) long in [0, L).
     """
     num_levels, m, d = prototypes.shape
-    x = F.normalize(feats.float(), dim=1)
-    p = F.normalize(prototypes.float(), dim=2).reshape(num_levels * m, d)
-    beta_all = (x @ p.t()).view(-1, num_levels, m)  # (N, L, M)
+    with torch.autocast(feats.device.type, enabled=False):  # float32 under mixed precision too
+        x = F.normalize(feats.float(), dim=1)
+        p = F.normalize(prototypes.float(), dim=2).reshape(num_levels * m, d)
+        beta_all = (x @ p.t()).view(-1, num_levels, m)  # (N, L, M)
     return beta_all[torch.arange(x.shape[0], device=x.device), level_index]
 
 
