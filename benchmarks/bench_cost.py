@@ -154,13 +154,13 @@ def peak_memory(fn, device):
     return (torch.cuda.max_memory_allocated() - resident) / 2**20
 
 
-def cpu_peak_memory(detector, device, scale):
+def cpu_peak_memory(detector, device, scale, full_only=False):
     """Peak-memory figures of one CPU step with and without distillation, measured in a child
     process whose glibc returns large freed blocks to the system (fixed mmap threshold), so
     each step's peak RSS is its own. Timing runs without that setting (it slows allocation)."""
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
     cmd = [sys.executable, os.path.abspath(__file__), "--memory-only", "--device", device, "--detectors", detector,
-           "--scale", scale]
+           "--scale", scale] + (["--full-only"] if full_only else [])
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True).stdout
     return json.loads(out.strip().splitlines()[-1])
 
@@ -182,8 +182,10 @@ def tame_frozen_bn(model):
     return model
 
 
-def bench(detector, device, iters, scale="demo", memory_only=False):
+def bench(detector, device, iters, scale="demo", memory_only=False, full_only=False):
     configs, terms_timed, _, size, _ = SCALES[scale]
+    if full_only:  # the full method with the defaults, and with 1x1 adapters
+        terms_timed = {d: [v for v in variants if v[1] == FULL] for d, variants in terms_timed.items()}
     teacher_yaml, student_yaml, gkd_yaml = configs[detector]
     data = batch_on(scale)
     tmp = tempfile.mkdtemp()
@@ -238,7 +240,7 @@ def bench(detector, device, iters, scale="demo", memory_only=False):
             "distillation_step": peak_memory(fns[f"wrapper[{full}]"], device),
         }
     else:
-        result["peak_memory_MiB"] = cpu_peak_memory(detector, device, scale)
+        result["peak_memory_MiB"] = cpu_peak_memory(detector, device, scale, full_only)
     student.eval()
     with torch.no_grad():
         inf = timed({"teacher": lambda: teacher(eval_batch), "student": lambda: student(eval_batch)}, iters, device, warmup)
@@ -250,24 +252,57 @@ def bench(detector, device, iters, scale="demo", memory_only=False):
     return result
 
 
+METHOD_NAMES = {"feature+response+global": "gkd", "feature+response+global[adapter1x1]": "gkd[adapter1x1]"}
+
+
+def save_cost_records(detector, figures, run):
+    """One record per timed method in ``results/cost_coco.json`` (a list), replacing a record of
+    the same device kind, hardware, detector and method."""
+    path = os.path.join(RESULTS, "cost_coco.json")
+    full = "feature+response+global"  # the step whose peak memory is measured
+    records = json.load(open(path)) if os.path.isfile(path) else []
+    kind = run["device"].split(":")[0]
+    for name, wrapper in figures["wrapper_step_s"].items():
+        record = {
+            "device": kind, "hardware": run["hardware"], "date": run["date"], "detector": detector,
+            "method": METHOD_NAMES.get(name, name), "iters": run["iters"], "batch": run["batch"],
+            "student_step_s": figures["student_step_s"], "teacher_forward_s": figures["teacher_full_fwd_s"],
+            "wrapper_step_s": wrapper,
+            "overhead_beyond_teacher_forward": figures["kd_overhead_vs_full_teacher"][name],
+            "peak_memory_MiB": (figures["peak_memory_MiB"] or {}).get("distillation_step") if name == full else None,
+            "student_peak_memory_MiB": (figures["peak_memory_MiB"] or {}).get("student_step"),
+        }
+        key = ("device", "hardware", "detector", "method")
+        records = [r for r in records if any(r.get(k) != record[k] for k in key)] + [record]
+    os.makedirs(RESULTS, exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(records, f, indent=2)
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--iters", type=int, default=10)
     parser.add_argument("--detectors", nargs="+", choices=sorted(TERMS), default=sorted(TERMS))
     parser.add_argument("--scale", choices=sorted(SCALES), default="demo")
+    parser.add_argument("--full-only", action="store_true",
+                        help="time only the full method (defaults, and with 1x1 adapters)")
     parser.add_argument("--memory-only", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.memory_only:
-        print(json.dumps(bench(args.detectors[0], args.device, 0, args.scale, memory_only=True)))
+        print(json.dumps(bench(args.detectors[0], args.device, 0, args.scale, memory_only=True, full_only=args.full_only)))
         return
     _, _, boxes, size, description = SCALES[args.scale]
     counts = [n for n, _ in boxes]
     out = {**machine(args.device), "models": description, "iters": args.iters,
            "batch": f"{len(boxes)} images, {size} px, {min(counts)}-{max(counts)} GT boxes each"}
     for d in args.detectors:
-        out[d] = bench(d, args.device, args.iters, args.scale)
+        out[d] = bench(d, args.device, args.iters, args.scale, full_only=args.full_only)
         print(d, json.dumps(out[d], indent=1), flush=True)
+        if args.scale == "coco":
+            save_cost_records(d, out[d], out)
+    if args.full_only:
+        return
     os.makedirs(RESULTS, exist_ok=True)
     path = os.path.join(RESULTS, "speed.json")  # {device kind: figures}, one entry per device
     results = json.load(open(path)) if os.path.isfile(path) else {}

@@ -85,6 +85,28 @@ def pretrain(name, yaml, opts, iters, args, base, path):
     return weights
 
 
+def reuse_teacher(weights, yaml, opts, iters, args, base, path, source):
+    """A teacher trained elsewhere with the same schedule on the same data: evaluated, recorded
+    as ``teacher`` (with ``weights_from``; its curve is the run's own, when it has one)."""
+    out = os.path.join(args.output, "teacher")
+    record = {**base, "method": "teacher", "seed": 0}
+    if not finished(path, record) or args.rerun:
+        from detectron2.modeling import build_model
+        from detectron2.checkpoint import DetectionCheckpointer
+        from gkd_d2 import DistillTrainer
+
+        cfg = load_cfg(yaml, opts + ["OUTPUT_DIR", out])
+        model = build_model(cfg)
+        DetectionCheckpointer(model).load(weights)
+        bbox = DistillTrainer.test(cfg, model)["bbox"]
+        ap = {k: float(bbox[k]) for k in METRICS}
+        metrics = os.path.join(os.path.dirname(weights), "metrics.json")
+        curve = eval_curve(os.path.dirname(weights), iters) if os.path.isfile(metrics) else []
+        save({**record, "iters": iters, "weights_from": source, "curve": curve, **ap}, path, KEY)
+        print("teacher (reused)", ap, "curve", curve, flush=True)
+    return weights
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--detector", choices=sorted(DEMO_CONFIGS), default="retinanet")
@@ -106,6 +128,8 @@ def main():
     p.add_argument("--tag", default="", help="appended to the method names (with --opts)")
     p.add_argument("--results", default=os.path.join(RESULTS, "quality_finetune.json"))
     p.add_argument("--rerun", action="store_true", help="run rows that have a record already")
+    p.add_argument("--teacher-weights", default="",
+                   help="a teacher already trained with --teacher-iters on this data (e.g. by probe_data.py)")
     args = p.parse_args()
     args.output = args.output or os.path.join("output", "replica", args.dataset, args.detector)
     setup_logger()
@@ -126,8 +150,12 @@ def main():
     base = {"detector": args.detector, "dataset": args.dataset, "device": machine(args.device)["hardware"]}
     register_datasets_from_cfg(load_cfg(teacher_yaml, common))
 
-    teacher_w = pretrain("teacher", teacher_yaml, common + schedule(args.teacher_iters, args.ims_per_batch, args.lr, 0.05),
-                         args.teacher_iters, args, base, path)
+    teacher_sched = common + schedule(args.teacher_iters, args.ims_per_batch, args.lr, 0.05)
+    if args.teacher_weights:
+        teacher_w = reuse_teacher(args.teacher_weights, teacher_yaml, teacher_sched, args.teacher_iters, args, base,
+                                  path, args.teacher_weights)
+    else:
+        teacher_w = pretrain("teacher", teacher_yaml, teacher_sched, args.teacher_iters, args, base, path)
     student_w = pretrain("student-pretrained", student_yaml,
                          common + schedule(args.student_iters, args.ims_per_batch, args.lr, 0.05),
                          args.student_iters, args, base, path)

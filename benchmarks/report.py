@@ -300,7 +300,7 @@ def pgm_section():
 def refresh_section():
     return json_table(
         "## Prototype refresh, demo configuration (`bench_refresh.py`)",
-        "refresh_*.json",
+        "refresh_[!c]*.json",
         ["detector", "device", "images", "instances", "prototypes", "first refresh (s)",
          "cached teacher (s)", "cache speed-up", "date"],
         lambda r: [
@@ -309,6 +309,55 @@ def refresh_section():
             r["cached_refresh_s (student features, PGM)"], f"{r['teacher_cache_speedup']}x", r["date"],
         ],
     )
+
+
+def cost_coco_section():
+    """``cost_coco.json`` of ``bench_cost.py --scale coco``: one row per record."""
+    records = load("cost_coco.json") or []
+    lines = ["## Cost of distilling at COCO scale (`bench_cost.py --scale coco`, `results/cost_coco.json`)", ""]
+    if not records:
+        return lines + ["No results yet.", ""]
+    header = ["detector", "method", "device", "student step (s)", "teacher forward (s)", "distillation step (s)",
+              "beyond student + teacher forward", "peak MiB (student / distillation)", "steps", "date"]
+    lines += ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
+    for r in sorted(records, key=lambda r: (r["detector"], r["device"], r["method"], r["date"])):
+        peak = r.get("peak_memory_MiB")
+        mem = f"{r.get('student_peak_memory_MiB') or 0:.0f} / {peak:.0f}" if peak else ""
+        lines.append("| " + " | ".join(map(str, [
+            r["detector"], r["method"], f"{r['hardware']} ({r['device']})", f"{r['student_step_s']:.2f}",
+            f"{r['teacher_forward_s']:.2f}", f"{r['wrapper_step_s']:.2f}",
+            f"{100 * r['overhead_beyond_teacher_forward']:+.1f}%", mem, r.get("iters", ""), r["date"],
+        ])) + " |")
+    return lines + ["", "The paper's configurations (ResNet-101 FPN teacher, ResNet-50 FPN student, 80 classes, two "
+                    "800 px images per step), random weights; medians of interleaved steps. The overhead is "
+                    "(distillation step - student step - whole teacher forward) / student step; target <= +10%.", ""]
+
+
+def refresh_coco_section():
+    """``refresh_coco_<device>.json`` of ``bench_refresh_coco.py``."""
+    lines = ["## Prototype refresh at COCO scale (`bench_refresh_coco.py`)", ""]
+    files = sorted(glob.glob(os.path.join(RESULTS, "refresh_coco_*.json")))
+    if not files:
+        return lines + ["No results yet.", ""]
+    header = ["device", "sampling", "images read", "instances", "student extraction (s / image)",
+              "PGM, 80 classes x 5 levels (s)", "refresh (s)", "epoch (s)", "refresh / epoch",
+              "first refresh: + teacher / epoch", "date"]
+    lines += ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
+    for f in files:
+        r = json.load(open(f))
+        for name, x in r["sampling"].items():
+            lines.append("| " + " | ".join(map(str, [
+                f"{r['hardware']} ({r['device']})", name, x["images_read"], x["instances"],
+                f"{r['student_extraction_s_per_image']:.2f}", x["pgm_s"], x["refresh_s"], f"{r['epoch_s']:.0f}",
+                f"{100 * x['refresh_fraction_of_epoch']:.1f}%", f"{100 * x['first_refresh_extra_fraction_of_epoch']:.1f}%",
+                r["date"],
+            ])) + " |")
+        lines += ["", f"Annotations: {r['annotations']}; {r['train_images']} training images, at most "
+                  f"{r['max_samples']} instances per class of shorter side >= {r['min_size']} px at the test scale "
+                  f"{r['test_scale']}. Epoch: {r['train_images']} images x the distillation step per image "
+                  f"({r['distillation_step_s_per_image']:.2f} s; the student alone "
+                  f"{r['student_step_s_per_image']:.2f} s). Extraction timed on {r['extraction_timed_on']}.", ""]
+    return lines
 
 
 def anchor_kl_section():
@@ -341,6 +390,8 @@ bash benchmarks/quality_cpu.sh faster_rcnn-tests    #   the list is at the head 
 .venv/bin/python benchmarks/bench_anchor_kl.py       # --device cuda on a GPU
 .venv/bin/python benchmarks/bench_pgm.py             # --device cuda on a GPU
 .venv/bin/python benchmarks/bench_refresh.py --detector faster_rcnn
+.venv/bin/python benchmarks/bench_cost.py --scale coco --full-only   # cost_coco.json
+.venv/bin/python benchmarks/bench_refresh_coco.py    # the refresh at COCO scale
 .venv/bin/python benchmarks/replica.py --detector faster_rcnn --dataset synth --seeds 0 1 2 \\
     --rows student-finetune gkd response response+global   # the paper's regime (replica v2)
 .venv/bin/python benchmarks/loss_scales.py --scale coco # loss scales with the defaults
@@ -370,6 +421,8 @@ def main():
     lines += data_probe_section()
     lines += probe_sections()
     lines += speed_section(load("speed.json"))
+    lines += cost_coco_section()
+    lines += refresh_coco_section()
     lines += anchor_kl_section()
     lines += pgm_section()
     lines += refresh_section()
