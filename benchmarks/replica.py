@@ -38,6 +38,10 @@ from quality import METHODS, METRICS, save, train_eval  # noqa: E402
 
 from gkd_d2.config import DEMO_CONFIGS  # noqa: E402
 from gkd_d2.data.builtin import register_datasets_from_cfg  # noqa: E402
+from gkd_d2.data.shapes import SHAPES_CLASSES  # noqa: E402
+from gkd_d2.data.synthetic import SYNTHETIC_CLASSES  # noqa: E402
+
+CLASSES = {"synth": SYNTHETIC_CLASSES, "shapes": SHAPES_CLASSES}
 
 ROWS = ["student-finetune"] + list(METHODS)
 KEY = ("detector", "dataset", "method", "seed", "device")
@@ -137,6 +141,8 @@ def main():
     logging.getLogger("detectron2").setLevel(logging.INFO)
 
     node, train_name, val_name = DATASETS[args.dataset]
+    n = str(len(CLASSES[args.dataset]))
+    classes = ["MODEL.RETINANET.NUM_CLASSES", n, "MODEL.ROI_HEADS.NUM_CLASSES", n, "MODEL.FCOS.NUM_CLASSES", n]
     teacher_yaml, student_yaml, gkd_yaml = DEMO_CONFIGS[args.detector]
     common = [
         "MODEL.DEVICE", args.device, "DATALOADER.NUM_WORKERS", str(args.workers),
@@ -144,6 +150,7 @@ def main():
         f"DATASETS.{node}.ROOT", os.path.join("output", "replica", args.dataset, "data"),
         f"DATASETS.{node}.NUM_TRAIN", str(args.num_train), f"DATASETS.{node}.NUM_VAL", str(args.num_val),
         f"DATASETS.{node}.IMAGE_SIZE", str(args.image_size),
+        *classes, "DISTILL.TEACHER.OPTS", str(classes),
     ]
     path = args.results
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
