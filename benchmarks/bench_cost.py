@@ -256,8 +256,8 @@ METHOD_NAMES = {"feature+response+global": "gkd", "feature+response+global[adapt
 
 
 def save_cost_records(detector, figures, run):
-    """One record per timed method in ``results/cost_coco.json`` (a list), replacing a record of
-    the same device kind, hardware, detector and method."""
+    """One record per timed method in ``results/cost_coco.json`` (a list); every run adds its
+    records (run-to-run noise is several % of a CPU step, so repeated runs are kept)."""
     path = os.path.join(RESULTS, "cost_coco.json")
     full = "feature+response+global"  # the step whose peak memory is measured
     records = json.load(open(path)) if os.path.isfile(path) else []
@@ -272,7 +272,7 @@ def save_cost_records(detector, figures, run):
             "peak_memory_MiB": (figures["peak_memory_MiB"] or {}).get("distillation_step") if name == full else None,
             "student_peak_memory_MiB": (figures["peak_memory_MiB"] or {}).get("student_step"),
         }
-        key = ("device", "hardware", "detector", "method")
+        key = ("device", "hardware", "detector", "method", "date")
         records = [r for r in records if any(r.get(k) != record[k] for k in key)] + [record]
     os.makedirs(RESULTS, exist_ok=True)
     with open(path, "w") as f:
