@@ -16,7 +16,14 @@ Weights: random (COCO scale: the zoo's FrozenBN with zero-initialised residuals,
 ``bench_cost.py``), or trained checkpoints of the demo models (``--teacher-weights``,
 ``--student-weights``: the paper's regime, where the student is trained before distillation).
 Records go to ``benchmarks/results/loss_scales.json``, one per (scale, detector, weights).
+
+    python benchmarks/loss_scales.py --metrics output/replica/shapes/retinanet/gkd_s0 --detectors retinanet
+
+reads a real training run instead: the losses Detectron2 logged in its ``metrics.json`` (each the
+median of the last 20 iterations) at the first and the last logged iteration up to
+``--iters`` (the replica's fine-tuning of a trained student with the defaults, on real batches).
 """
+import json
 import argparse
 import os
 import sys
@@ -81,6 +88,22 @@ def run(detector, scale, iters, device, teacher_weights="", student_weights=""):
     return record
 
 
+def from_metrics(run_dir, last_iter):
+    """``{iterN: {...}}`` of a training run's ``metrics.json``: the first logged iteration and the
+    last one <= ``last_iter``."""
+    logged = [json.loads(line) for line in open(os.path.join(run_dir, "metrics.json"))]
+    logged = [m for m in logged if any(k.startswith("loss_kd_") for k in m) and m["iteration"] <= last_iter]
+    record = {}
+    for m in (logged[0], logged[-1]):
+        losses = {k: torch.tensor(v) for k, v in m.items() if k.startswith("loss_")}
+        ratios, detection = loss_ratios(losses)
+        record[f"iter{m['iteration']}"] = {
+            "detection_losses": detection, "kd": {k: m[k] for k in ratios}, "ratio": ratios,
+        }
+        print(run_dir, m["iteration"], f"detection {detection:.3f}", {k: f"{v:.3g}" for k, v in ratios.items()})
+    return record
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--scale", choices=sorted(SCALES), default="demo")
@@ -89,8 +112,18 @@ def main():
     p.add_argument("--device", default="cpu")
     p.add_argument("--teacher-weights", default="")
     p.add_argument("--student-weights", default="")
+    p.add_argument("--metrics", default="", help="a training run's OUTPUT_DIR: its logged losses")
     args = p.parse_args()
     info = machine(args.device)
+    if args.metrics:
+        record = from_metrics(args.metrics, args.iters - 1)
+        save(
+            {"scale": args.scale, "detector": args.detectors[0], "weights": f"trained, real batches ({args.metrics})",
+             "iters": args.iters, "device": info["hardware"], **record},
+            os.path.join(RESULTS, "loss_scales.json"),
+            key_fields=("scale", "detector", "weights", "device"),
+        )
+        return
     weights = "trained" if args.student_weights else "random"
     for detector in args.detectors:
         record = run(detector, args.scale, args.iters, args.device, args.teacher_weights, args.student_weights)
