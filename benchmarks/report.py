@@ -156,7 +156,7 @@ def data_probe_section():
             f"{r['ncm_clear']:.3f} | {r['ncm_ambiguous']:.3f} | {r.get('n_clear', '')} / {r.get('n_ambiguous', '')} | "
             f"{r.get('date', '')} |"
         )
-    return lines + ["", "The targets are not met: see "The shapes data" above (from benchmarks/NOTES.md).", ""]
+    return lines + ["", "The targets are not met: see 'The shapes data' above (from benchmarks/NOTES.md).", ""]
 
 
 def probe_sections():
