@@ -129,7 +129,7 @@ def loss_scales_section(records):
         f"`{k}` / detection" for k in ("loss_kd_feature", "loss_kd_response", "loss_kd_global")) + " |",
         "|---|---|---|---|---|---|---|---|"]
     for r in records:
-        for key in sorted(k for k in r if k.startswith("iter")):
+        for key in sorted((k for k in r if k[4:].isdigit() and k.startswith("iter")), key=lambda k: int(k[4:])):
             it = r[key]
             ratios = " | ".join(f"{it['ratio'].get(k, float('nan')):.3g}" for k in ("loss_kd_feature", "loss_kd_response", "loss_kd_global"))
             lines.append(f"| {r['scale']} | {r['detector']} | {r['weights']} | {key[4:]} | {it['detection_losses']:.3f} | {ratios} |")
