@@ -46,10 +46,3 @@ class CPUAMPTrainer(AMPTrainer):
         self._write_metrics(loss_dict, data_time)
         self.optimizer.step()
 
-
-def amp_trainer_for(model, data_loader, optimizer, device: str):
-    """The mixed-precision step for ``device``: Detectron2's ``AMPTrainer`` on CUDA,
-    :class:`CPUAMPTrainer` on the CPU."""
-    if device.startswith("cuda"):
-        return AMPTrainer(model, data_loader, optimizer)
-    return CPUAMPTrainer(model, data_loader, optimizer)

@@ -16,7 +16,7 @@ from detectron2.engine import DefaultTrainer, HookBase, hooks
 from detectron2.evaluation import COCOEvaluator, PascalVOCDetectionEvaluator
 from detectron2.utils import comm
 
-from .amp import amp_trainer_for
+from .amp import CPUAMPTrainer
 from .checkpoint import DistillationCheckpointer
 from .prototypes.refresh import PrototypeRefreshHook
 from .resume import GracefulInterruptHook, ResumableTrainingSampler, RNGState
@@ -112,7 +112,7 @@ class DistillTrainer(DefaultTrainer):
         if cfg.SOLVER.AMP.ENABLED and not cfg.MODEL.DEVICE.startswith("cuda"):
             # Detectron2's AMPTrainer needs CUDA; the same step in bfloat16 on the CPU.
             t = self._trainer
-            self._trainer = amp_trainer_for(t.model, t.data_loader, t.optimizer, cfg.MODEL.DEVICE)
+            self._trainer = CPUAMPTrainer(t.model, t.data_loader, t.optimizer)
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
