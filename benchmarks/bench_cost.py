@@ -264,7 +264,8 @@ def save_cost_records(detector, figures, run):
     kind = run["device"].split(":")[0]
     for name, wrapper in figures["wrapper_step_s"].items():
         record = {
-            "device": kind, "hardware": run["hardware"], "date": run["date"], "detector": detector,
+            "device": kind, "hardware": run["hardware"], "date": run["date"], "code": run.get("code", ""),
+            "detector": detector,
             "method": METHOD_NAMES.get(name, name), "iters": run["iters"], "batch": run["batch"],
             "student_step_s": figures["student_step_s"], "teacher_forward_s": figures["teacher_full_fwd_s"],
             "wrapper_step_s": wrapper,

@@ -3,6 +3,7 @@ training batch."""
 import datetime
 import os
 import platform
+import subprocess
 
 import torch
 from detectron2.structures import Boxes, Instances
@@ -30,7 +31,19 @@ def machine(device="cpu"):
         "hardware": name,
         "cpu_threads": torch.get_num_threads(),
         "torch": torch.__version__,
+        "code": code_version(),
     }
+
+
+def code_version():
+    """The git commit the figures were measured with ("+dirty" with uncommitted changes to
+    tracked files), or "" outside a git checkout."""
+    try:
+        run = lambda *a: subprocess.run(["git", *a], cwd=ROOT, capture_output=True, text=True, check=True).stdout  # noqa: E731
+        dirty = run("status", "--porcelain", "--untracked-files=no").strip()
+        return run("rev-parse", "--short", "HEAD").strip() + ("+dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return ""
 
 
 def load_cfg(path, opts=()):

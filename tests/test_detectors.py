@@ -84,3 +84,31 @@ def test_reencode_deltas_with_cascade_box_coder_weights():
     boxes_dst = dst.apply_deltas(out, proposals)
     assert torch.allclose(boxes_src, boxes_dst, atol=1e-4)
     assert reencode_deltas(deltas, proposals, dst, dst) is deltas  # same coder: untouched
+
+
+@pytest.mark.parametrize("arch", ["RetinaNet", "FCOS"])
+def test_teacher_class_logits_skip_the_box_branch_with_the_whole_heads_values(arch):
+    """The teacher's response logits come from the head's class branch alone: the same values as
+    Detectron2's whole head (permuted and concatenated like ``DenseDetector``), box branch never run;
+    a head with its own ``forward`` runs whole."""
+    from detectron2.layers import cat
+    from detectron2.modeling.meta_arch.dense_detector import permute_to_N_HWA_K
+
+    from gkd_d2.detectors.dense import dense_class_logits
+
+    torch.manual_seed(0)
+    model = build_model(tiny_cfg(arch)).eval()
+    images = torch.randn(2, 3, 96, 128)
+    with torch.no_grad():
+        features = model.backbone(images)
+        whole = model.head([features[f] for f in model.head_in_features])[0]
+        expected = cat([permute_to_N_HWA_K(x, model.num_classes) for x in whole], dim=1)
+        calls = []
+        hook = model.head.bbox_subnet.register_forward_hook(lambda *a: calls.append(1))
+        got = dense_class_logits(model, features, model.num_classes)
+        assert torch.equal(got, expected) and not calls
+        # a custom head (its own forward): run whole, same values
+        head_type = type(model.head)
+        model.head.__class__ = type("CustomHead", (head_type,), {"forward": lambda self, x: head_type.forward(self, x)})
+        assert torch.equal(dense_class_logits(model, features, model.num_classes), expected) and calls
+        hook.remove()

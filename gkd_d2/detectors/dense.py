@@ -10,6 +10,8 @@ from typing import List
 import torch
 from detectron2.layers import cat
 from detectron2.modeling.meta_arch.dense_detector import permute_to_N_HWA_K
+from detectron2.modeling.meta_arch.fcos import FCOSHead
+from detectron2.modeling.meta_arch.retinanet import RetinaNetHead
 
 from ..structures import DenseResponse
 from .base import DetectorFamily
@@ -21,6 +23,27 @@ def dense_predictions(model, features, dims_per_anchor):
     feats = [features[f] for f in model.head_in_features]
     outputs = model.head(feats)
     return [[permute_to_N_HWA_K(x, k) for x in out] for out, k in zip(outputs, dims_per_anchor)], feats
+
+
+# Heads whose forward computes the class logits of a level as cls_score(cls_subnet(x)),
+# independently of their box branch (Detectron2's RetinaNet and FCOS heads).
+_HEADS_WITH_CLASS_BRANCH = (RetinaNetHead.forward, FCOSHead.forward)
+
+
+def dense_class_logits(model, features, num_classes):
+    """(B, A, C): the head's class logits on every anchor of ``features`` (name -> map).
+
+    What the teacher's response needs: for Detectron2's RetinaNet / FCOS heads only their
+    classification branch runs (``cls_score(cls_subnet(x))`` per level, the same values as the
+    whole head); the box branch, as costly as the class one, is skipped. Any other head runs
+    whole."""
+    head = model.head
+    feats = [features[f] for f in model.head_in_features]
+    if type(head).forward in _HEADS_WITH_CLASS_BRANCH:
+        logits = [head.cls_score(head.cls_subnet(x)) for x in feats]  # levels
+    else:
+        logits = head(feats)[0]
+    return cat([permute_to_N_HWA_K(x, num_classes) for x in logits], dim=1)
 
 
 class DenseFamily(DetectorFamily):
@@ -79,9 +102,8 @@ class DenseFamily(DetectorFamily):
 
     @torch.no_grad()
     def add_teacher_response(self, response: DenseResponse, features):
-        """The teacher's class logits on every anchor: (B, A, C)."""
-        predictions, _ = dense_predictions(self.model, features, self.dims_per_anchor)
-        response.teacher_logits = cat(predictions[0], dim=1)
+        """The teacher's class logits on every anchor: (B, A, C) (its box branch is skipped)."""
+        response.teacher_logits = dense_class_logits(self.model, features, self.num_classes)
 
 
 def flat_gt_index(per_image_index, gt_instances, valid_per_image):
