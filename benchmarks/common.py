@@ -37,10 +37,10 @@ def machine(device="cpu"):
 
 def code_version():
     """The git commit the figures were measured with ("+dirty" with uncommitted changes to
-    tracked files), or "" outside a git checkout."""
+    tracked files other than the results), or "" outside a git checkout."""
     try:
         run = lambda *a: subprocess.run(["git", *a], cwd=ROOT, capture_output=True, text=True, check=True).stdout  # noqa: E731
-        dirty = run("status", "--porcelain", "--untracked-files=no").strip()
+        dirty = run("status", "--porcelain", "--untracked-files=no", "--", ".", ":!benchmarks/results").strip()
         return run("rev-parse", "--short", "HEAD").strip() + ("+dirty" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
         return ""
