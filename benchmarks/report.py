@@ -312,13 +312,27 @@ def refresh_section():
 
 
 def cost_coco_section():
-    """``cost_coco.json`` of ``bench_cost.py --scale coco``: one row per record."""
+    """``cost_coco.json`` of ``bench_cost.py --scale coco``: one row per record; then the records
+    of code since changed (``cost_coco_superseded.json``)."""
     records = load("cost_coco.json") or []
     lines = ["## Cost of distilling at COCO scale (`bench_cost.py --scale coco`, `results/cost_coco.json`)", ""]
     if not records:
         return lines + ["No results yet.", ""]
+    lines += cost_table(records)
+    superseded = load("cost_coco_superseded.json") or []
+    if superseded:
+        lines += ["Records of code changed since (`results/cost_coco_superseded.json`):", ""] + cost_table(superseded)
+    return lines + ["The paper's configurations (ResNet-101 FPN teacher, ResNet-50 FPN student, 80 classes, two "
+                    "800 px images per step), random weights; medians of interleaved steps. The overhead is "
+                    "(distillation step - student step - whole teacher forward) / student step; target <= +10%. "
+                    "`code`: the commit measured (runs before 76ab551 computed the RetinaNet teacher's whole "
+                    "head, box branch included, for its response).", ""]
+
+
+def cost_table(records):
+    lines = []
     header = ["detector", "method", "device", "student step (s)", "teacher forward (s)", "distillation step (s)",
-              "beyond student + teacher forward", "peak MiB (student / distillation)", "steps", "date"]
+              "beyond student + teacher forward", "peak MiB (student / distillation)", "steps", "code", "date"]
     lines += ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
     for r in sorted(records, key=lambda r: (r["detector"], r["device"], r["method"], r["date"])):
         peak = r.get("peak_memory_MiB")
@@ -326,11 +340,10 @@ def cost_coco_section():
         lines.append("| " + " | ".join(map(str, [
             r["detector"], r["method"], f"{r['hardware']} ({r['device']})", f"{r['student_step_s']:.2f}",
             f"{r['teacher_forward_s']:.2f}", f"{r['wrapper_step_s']:.2f}",
-            f"{100 * r['overhead_beyond_teacher_forward']:+.1f}%", mem, r.get("iters", ""), r["date"],
+            f"{100 * r['overhead_beyond_teacher_forward']:+.1f}%", mem, r.get("iters", ""), r.get("code", ""),
+            r["date"],
         ])) + " |")
-    return lines + ["", "The paper's configurations (ResNet-101 FPN teacher, ResNet-50 FPN student, 80 classes, two "
-                    "800 px images per step), random weights; medians of interleaved steps. The overhead is "
-                    "(distillation step - student step - whole teacher forward) / student step; target <= +10%.", ""]
+    return lines + [""]
 
 
 def refresh_coco_section():
