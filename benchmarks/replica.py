@@ -92,8 +92,8 @@ def pretrain(name, yaml, opts, iters, args, base, path):
 def reuse_teacher(weights, yaml, opts, iters, args, base, path, source):
     """A teacher trained elsewhere with the same schedule on the same data: evaluated, recorded
     as ``teacher`` (with ``weights_from``; its curve is the run's own, when it has one)."""
-    out = os.path.join(args.output, "teacher")
-    record = {**base, "method": "teacher", "seed": 0}
+    out = os.path.join(args.output, "teacher" + args.tag)
+    record = {**base, "method": "teacher" + args.tag, "seed": 0}
     if not finished(path, record) or args.rerun:
         from detectron2.modeling import build_model
         from detectron2.checkpoint import DetectionCheckpointer
@@ -129,7 +129,9 @@ def main():
     p.add_argument("--workers", type=int, default=0, help="DATALOADER.NUM_WORKERS")
     p.add_argument("--output", default="")
     p.add_argument("--opts", nargs="*", default=[], help="KEY VALUE overrides of the distillation rows")
-    p.add_argument("--tag", default="", help="appended to the method names (with --opts)")
+    p.add_argument("--tag", default="",
+                   help="appended to the method names (with --opts, or with --teacher-weights: the rows of "
+                        "another teacher, its record 'teacher<tag>'; the control is shared)")
     p.add_argument("--results", default=os.path.join(RESULTS, "quality_finetune.json"))
     p.add_argument("--rerun", action="store_true", help="run rows that have a record already")
     p.add_argument("--teacher-weights", default="",

@@ -110,7 +110,7 @@ def finetune_section(records):
                 last = ", ".join(f"{it} it. {ap:.2f}" for it, ap in r["curve"][-2:])
                 lines.append(f"| {r['method']} (alone; AP at the last two evaluations: {last}) | 1 | {r['AP']:.2f} | | |")
         for method, seeds in sorted(by_method.items(), key=lambda kv: -statistics.fmean(kv[1].values())):
-            if method in ("teacher", "student-pretrained"):
+            if method.startswith(("teacher", "student-pretrained")):
                 continue
             diff = paired_differences(control, seeds) if method != "student-finetune" else None
             cell = "" if diff is None else f"{diff[0]:+.2f} [{diff[0] - diff[1]:+.2f}, {diff[0] + diff[1]:+.2f}] (n={diff[2]})"

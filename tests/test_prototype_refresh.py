@@ -230,7 +230,10 @@ def test_two_processes_get_identical_prototypes(synth, synth_teacher, tmp_path):
     model = build_model(cfg)
     PrototypeRefresher(cfg).refresh(model, 0)
     for k, v in model.prototypes.state_dict().items():
-        assert torch.allclose(v.float(), r0["state"][k].float(), atol=1e-5), k
+        # float32 rounding only: extraction batches differ (images split over ranks), and features
+        # reach a few hundred, so the tolerance is relative to the tensor's largest value
+        ref = r0["state"][k].float()
+        assert (v.float() - ref).abs().max() <= 1e-6 * max(1.0, float(ref.abs().max())), k
 
 
 def test_class_without_instances_warns_and_gets_no_prototypes(synth, synth_teacher, tmp_path):
