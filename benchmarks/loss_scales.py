@@ -23,8 +23,8 @@ reads a real training run instead: the losses Detectron2 logged in its ``metrics
 median of the last 20 iterations) at the first and the last logged iteration up to
 ``--iters`` (the replica's fine-tuning of a trained student with the defaults, on real batches).
 """
-import json
 import argparse
+import json
 import os
 import sys
 import tempfile

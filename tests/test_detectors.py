@@ -91,18 +91,15 @@ def test_teacher_class_logits_skip_the_box_branch_with_the_whole_heads_values(ar
     """The teacher's response logits come from the head's class branch alone: the same values as
     Detectron2's whole head (permuted and concatenated like ``DenseDetector``), box branch never run;
     a head with its own ``forward`` runs whole."""
-    from detectron2.layers import cat
-    from detectron2.modeling.meta_arch.dense_detector import permute_to_N_HWA_K
-
-    from gkd_d2.detectors.dense import dense_class_logits
+    from gkd_d2.detectors.dense import dense_class_logits, dense_predictions
 
     torch.manual_seed(0)
     model = build_model(tiny_cfg(arch)).eval()
     images = torch.randn(2, 3, 96, 128)
     with torch.no_grad():
         features = model.backbone(images)
-        whole = model.head([features[f] for f in model.head_in_features])[0]
-        expected = cat([permute_to_N_HWA_K(x, model.num_classes) for x in whole], dim=1)
+        dims = [model.num_classes, 4] + ([1] if arch == "FCOS" else [])  # logits, deltas (, centerness)
+        expected = torch.cat(dense_predictions(model, features, dims)[0][0], dim=1)  # the whole head
         calls = []
         hook = model.head.bbox_subnet.register_forward_hook(lambda *a: calls.append(1))
         got = dense_class_logits(model, features, model.num_classes)
