@@ -120,6 +120,82 @@ def finetune_section(records):
     return lines
 
 
+def _teacher_variants(rows):
+    """The teachers of one (dataset, detector): {tag: teacher AP}; '' is the untagged teacher,
+    ``@x`` one reused with ``replica.py --tag @x`` (its record is ``teacher@x``)."""
+    return {r["method"][len("teacher"):]: r["AP"] for r in rows if r["method"].startswith("teacher")}
+
+
+def _cell(by_method, control, method):
+    seeds = by_method.get(method)
+    if not seeds:
+        return "–"
+    mean = statistics.fmean(seeds.values())
+    if method == "student-finetune":
+        return f"{mean:.2f} (n={len(seeds)})"
+    d = paired_differences(control, seeds)
+    if d is None:
+        return f"{mean:.2f}"
+    every = ", every seed +" if d[3] else ""
+    return f"{mean:.2f}: {d[0]:+.2f} [{d[0] - d[1]:+.2f}, {d[0] + d[1]:+.2f}] (n={d[2]}{every})"
+
+
+def _contribution(by_method, with_term, without_term):
+    """Paired (by seed) difference of two rows: mean [95% interval] (n), or '–'."""
+    a, b = by_method.get(with_term, {}), by_method.get(without_term, {})
+    d = paired_differences(b, a)
+    if d is None:
+        return "–"
+    return f"{d[0]:+.2f} [{d[0] - d[1]:+.2f}, {d[0] + d[1]:+.2f}] (n={d[2]})"
+
+
+def side_by_side_section(records):
+    """Replica v2 per detector with a column per (dataset, teacher): each row's mean AP and its
+    paired difference to ``student-finetune`` of that column; then the global term's share.
+    Rows run with options other than the defaults (``opts``) are diagnostics: not shown here."""
+    if not records:
+        return []
+    lines = ["## The paper's regime on both datasets, side by side", "",
+             "Each cell: mean AP over the seeds, then the paired difference to `student-finetune` of the same "
+             "column with its 95% interval. Both columns of a dataset share its trained student and its control "
+             "(the control does not use the teacher).", ""]
+    by_detector = collections.defaultdict(list)
+    for r in records:
+        by_detector[r["detector"]].append(r)
+    order = ["student-finetune", "gkd", "response", "response+global", "feature+response", "feature", "global",
+             "feature+global"]
+    for detector, rows in sorted(by_detector.items()):
+        columns = []  # (dataset, tag, teacher AP, {method: {seed: AP}})
+        for dataset in sorted({r.get("dataset", "synth") for r in rows}):
+            drows = [r for r in rows if r.get("dataset", "synth") == dataset]
+            for tag, teacher_ap in sorted(_teacher_variants(drows).items()):
+                by_method = collections.defaultdict(dict)
+                for r in drows:
+                    if "opts" in r or r["method"].startswith(("teacher", "student-pretrained")):
+                        continue
+                    base, at, rest = r["method"].partition("@")
+                    if base == "student-finetune" or at + rest == tag:  # the control serves every teacher
+                        by_method[base][r["seed"]] = r["AP"]
+                if len(by_method) > 1:
+                    columns.append((dataset, tag, teacher_ap, by_method))
+        if not columns:
+            continue
+        student = {r.get("dataset", "synth"): r["AP"] for r in rows if r["method"] == "student-pretrained"}
+        head = [f"`{d}`, teacher{t or ''} {ap:.1f} AP, trained student {student.get(d, float('nan')):.1f} AP"
+                for d, t, ap, _ in columns]
+        methods = [m for m in order if any(m in c[3] for c in columns)]
+        methods += sorted({m for c in columns for m in c[3]} - set(methods))
+        lines += [f"### {detector}", "", "| row | " + " | ".join(head) + " |", "|---" * (len(head) + 1) + "|"]
+        for m in methods:
+            lines.append(f"| {m} | " + " | ".join(_cell(c[3], c[3].get("student-finetune", {}), m) for c in columns) + " |")
+        lines += ["", "The global term's contribution (paired by seed, mean [95% interval]):", "",
+                  "| difference | " + " | ".join(head) + " |", "|---" * (len(head) + 1) + "|"]
+        for a, b in (("response+global", "response"), ("gkd", "feature+response")):
+            lines.append(f"| `{a}` - `{b}` | " + " | ".join(_contribution(c[3], a, b) for c in columns) + " |")
+        lines.append("")
+    return lines
+
+
 def loss_scales_section(records):
     """benchmarks/loss_scales.py: each default loss_kd_* over the sum of the detection losses."""
     lines = ["## Loss scales with the default options", ""]
@@ -429,6 +505,7 @@ def main():
         lines += quality_section(
             longer, "## Quality with a teacher trained 3x longer (3600 iterations; students as above)", plot=False
         )
+    lines += side_by_side_section(load("quality_finetune.json"))
     lines += finetune_section(load("quality_finetune.json"))
     lines += loss_scales_section(load("loss_scales.json"))
     lines += data_probe_section()
