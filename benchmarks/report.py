@@ -136,8 +136,8 @@ def _cell(by_method, control, method):
     d = paired_differences(control, seeds)
     if d is None:
         return f"{mean:.2f}"
-    every = ", every seed +" if d[3] else ""
-    return f"{mean:.2f}: {d[0]:+.2f} [{d[0] - d[1]:+.2f}, {d[0] + d[1]:+.2f}] (n={d[2]}{every})"
+    every = ", every seed +" if d[3] and d[2] > 1 else ""
+    return f"{mean:.2f}: {_interval(d)} (n={d[2]}{every})"
 
 
 def _contribution(by_method, with_term, without_term):
@@ -146,7 +146,14 @@ def _contribution(by_method, with_term, without_term):
     d = paired_differences(b, a)
     if d is None:
         return "–"
-    return f"{d[0]:+.2f} [{d[0] - d[1]:+.2f}, {d[0] + d[1]:+.2f}] (n={d[2]})"
+    return f"{_interval(d)} (n={d[2]})"
+
+
+def _interval(d):
+    """'+mean [low, high]' of a paired difference; the mean alone for one seed."""
+    if d[2] < 2:
+        return f"{d[0]:+.2f}"
+    return f"{d[0]:+.2f} [{d[0] - d[1]:+.2f}, {d[0] + d[1]:+.2f}]"
 
 
 def side_by_side_section(records):
