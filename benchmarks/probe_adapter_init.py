@@ -31,11 +31,12 @@ from detectron2.utils.events import EventStorage
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import RESULTS, load_cfg, machine  # noqa: E402
 from quality import save  # noqa: E402
-from replica import CLASSES, DATASETS  # noqa: E402
+from replica import DATASETS, data_opts  # noqa: E402
 
 from gkd_d2 import DistillTrainer  # noqa: E402
 from gkd_d2.config import DEMO_CONFIGS  # noqa: E402
 from gkd_d2.data.builtin import register_datasets_from_cfg  # noqa: E402
+from gkd_d2.knowledge.adapters import init_adapter  # noqa: E402
 from gkd_d2.prototypes.refresh import PrototypeRefreshHook  # noqa: E402
 
 INITS = ("kaiming", "pytorch", "zero")
@@ -50,8 +51,7 @@ def init_adapters(convs, how):
             torch.nn.init.zeros_(c.weight)
             torch.nn.init.zeros_(c.bias)
         else:
-            torch.nn.init.kaiming_normal_(c.weight, mode="fan_out", nonlinearity="relu")
-            torch.nn.init.zeros_(c.bias)
+            init_adapter(c)
 
 
 @torch.no_grad()
@@ -85,14 +85,9 @@ def main():
     for path in (args.teacher_weights, args.student_weights):
         if not os.path.isfile(path):
             raise SystemExit(f"no such checkpoint: {path}")
-    node, train_name, val_name = DATASETS[args.dataset]
-    n = str(len(CLASSES[args.dataset]))
-    classes = ["MODEL.RETINANET.NUM_CLASSES", n, "MODEL.ROI_HEADS.NUM_CLASSES", n, "MODEL.FCOS.NUM_CLASSES", n]
-    opts = ["MODEL.DEVICE", "cpu", "DATALOADER.NUM_WORKERS", "0",
-            "DATASETS.TRAIN", f"('{train_name}',)", "DATASETS.TEST", f"('{val_name}',)",
-            f"DATASETS.{node}.ROOT", os.path.join("output", "replica", args.dataset, "data"),
-            *classes, "DISTILL.TEACHER.OPTS", str(classes), "OUTPUT_DIR", os.path.join("output", "probe_adapter_init"),
-            "MODEL.WEIGHTS", args.student_weights, "DISTILL.TEACHER.WEIGHTS", args.teacher_weights]
+    opts = data_opts(args.dataset, "cpu", 0) + [
+        "OUTPUT_DIR", os.path.join("output", "probe_adapter_init"),
+        "MODEL.WEIGHTS", args.student_weights, "DISTILL.TEACHER.WEIGHTS", args.teacher_weights]
     teacher_yaml, _, gkd_yaml = DEMO_CONFIGS[args.detector]
     register_datasets_from_cfg(load_cfg(teacher_yaml, opts))
     cfg = load_cfg(gkd_yaml, opts)

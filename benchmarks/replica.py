@@ -75,6 +75,20 @@ def finished(path, record):
     return any(all(r.get(k) == record[k] for k in KEY) for r in json.load(open(path)))
 
 
+def data_opts(dataset, device, workers):
+    """Config overrides every replica run shares: the device, the ``dataset``'s splits under
+    ``output/replica/<dataset>/data`` and its number of classes (student and teacher)."""
+    node, train_name, val_name = DATASETS[dataset]
+    n = str(len(CLASSES[dataset]))
+    classes = ["MODEL.RETINANET.NUM_CLASSES", n, "MODEL.ROI_HEADS.NUM_CLASSES", n, "MODEL.FCOS.NUM_CLASSES", n]
+    return [
+        "MODEL.DEVICE", device, "DATALOADER.NUM_WORKERS", str(workers),
+        "DATASETS.TRAIN", f"('{train_name}',)", "DATASETS.TEST", f"('{val_name}',)",
+        f"DATASETS.{node}.ROOT", os.path.join("output", "replica", dataset, "data"),
+        *classes, "DISTILL.TEACHER.OPTS", str(classes),
+    ]
+
+
 def pretrain(name, yaml, opts, iters, args, base, path):
     """Train one model alone, evaluated 6 times; its record keeps the curve. Returns weights."""
     out = os.path.join(args.output, name)
@@ -142,17 +156,11 @@ def main():
     setup_logger(name="gkd_d2")
     logging.getLogger("detectron2").setLevel(logging.INFO)
 
-    node, train_name, val_name = DATASETS[args.dataset]
-    n = str(len(CLASSES[args.dataset]))
-    classes = ["MODEL.RETINANET.NUM_CLASSES", n, "MODEL.ROI_HEADS.NUM_CLASSES", n, "MODEL.FCOS.NUM_CLASSES", n]
     teacher_yaml, student_yaml, gkd_yaml = DEMO_CONFIGS[args.detector]
-    common = [
-        "MODEL.DEVICE", args.device, "DATALOADER.NUM_WORKERS", str(args.workers),
-        "DATASETS.TRAIN", f"('{train_name}',)", "DATASETS.TEST", f"('{val_name}',)",
-        f"DATASETS.{node}.ROOT", os.path.join("output", "replica", args.dataset, "data"),
+    node = DATASETS[args.dataset][0]
+    common = data_opts(args.dataset, args.device, args.workers) + [
         f"DATASETS.{node}.NUM_TRAIN", str(args.num_train), f"DATASETS.{node}.NUM_VAL", str(args.num_val),
         f"DATASETS.{node}.IMAGE_SIZE", str(args.image_size),
-        *classes, "DISTILL.TEACHER.OPTS", str(classes),
     ]
     path = args.results
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)

@@ -113,7 +113,7 @@ def finetune_section(records):
             if method.startswith(("teacher", "student-pretrained")):
                 continue
             diff = paired_differences(control, seeds) if method != "student-finetune" else None
-            cell = "" if diff is None else f"{diff[0]:+.2f} [{diff[0] - diff[1]:+.2f}, {diff[0] + diff[1]:+.2f}] (n={diff[2]})"
+            cell = "" if diff is None else f"{_interval(diff)} (n={diff[2]})"
             lines.append(f"| {method} | {len(seeds)} | {mean_spread(list(seeds.values()))} | {cell} | "
                          f"{'' if diff is None else ('yes' if diff[3] else 'no')} |")
         lines.append("")

@@ -12,6 +12,12 @@ def adapter_kernel(value) -> int:
     return value
 
 
+def init_adapter(conv: nn.Conv2d) -> None:
+    """gkd_d2's adapter initialisation: Kaiming normal (fan-out), zero bias."""
+    nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
+    nn.init.zeros_(conv.bias)
+
+
 def build_adapters(spec, kernel_size: int, relu: bool, levels=None) -> nn.ModuleDict:
     """One conv per level name (default: every imitated level of ``spec``), student width ->
     teacher width, ``kernel_size`` x ``kernel_size`` with same padding, optionally + ReLU."""
@@ -23,7 +29,6 @@ def build_adapters(spec, kernel_size: int, relu: bool, levels=None) -> nn.Module
             kernel_size,
             padding=kernel_size // 2,
         )
-        nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
-        nn.init.zeros_(conv.bias)
+        init_adapter(conv)
         adapters[name] = nn.Sequential(conv, nn.ReLU()) if relu else conv
     return adapters
