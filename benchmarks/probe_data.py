@@ -13,7 +13,10 @@ FPN level, canonical level assignment, spatial mean) and measures nearest-class-
   own ``ambiguous`` flag: small, blurred, occluded or truncated, measured when generated);
 - ``ncm_by_reason``: on the instances with each ambiguity reason;
 - ``ncm_pairs_clear`` / ``ncm_pairs_ambiguous``: the same restricted to the look-alike pairs
-  (disc/ring, square/notched_square).
+  (disc/ring, square/notched_square);
+- ``ncm_grid_clear`` / ``ncm_grid_ambiguous``: NCM of the same 7x7 grids flattened instead of
+  averaged (``DISTILL.INSTANCE_POOLING flatten``): whether the class is in the layout of the
+  features rather than in their channel means.
 
 The canonical rule (224 px at P4) sends every box of these 160 px images to the lowest level,
 P3, whereas RetinaNet's anchors (12-160 px on P3-P7) detect a 40 px box on P4/P5: P3 cells
@@ -101,7 +104,7 @@ def instance_levels(model):
 
 @torch.no_grad()
 def pooled_gt_features(model, inputs, boxes, batch=16):
-    """(N, D): each GT box ROIAligned 7x7 at its canonically assigned level, mean over space."""
+    """(N, D, 7, 7): each GT box ROIAligned 7x7 at its canonically assigned level."""
     levels = instance_levels(model)
     shapes = model.backbone.output_shape()
     pooler = ROIPooler(7, tuple(1.0 / shapes[f].stride for f in levels), 0, "ROIAlignV2")
@@ -109,7 +112,7 @@ def pooled_gt_features(model, inputs, boxes, batch=16):
     for s in range(0, len(inputs), batch):
         images = model.preprocess_image(inputs[s : s + batch])
         feats = model.backbone(images.tensor)
-        out.append(pooler([feats[f] for f in levels], [Boxes(b) for b in boxes[s : s + batch]]).mean(dim=(2, 3)))
+        out.append(pooler([feats[f] for f in levels], [Boxes(b) for b in boxes[s : s + batch]]))
     return torch.cat(out)
 
 
@@ -157,7 +160,8 @@ def class_knowledge(cfg, model):
     by_id = {d["image_id"]: d for d in DatasetCatalog.get(cfg.DATASETS.TEST[0])}
     anns = [by_id[r.image_id]["annotations"][j] for r in records for j in r.ann_index]
     classes = torch.as_tensor(np.concatenate([r.classes for r in records])).long()
-    x = pooled_gt_features(model, inputs, boxes).float().cpu()
+    grid = pooled_gt_features(model, inputs, boxes).float().cpu()
+    x = grid.mean(dim=(2, 3))  # the instance vector of METHOD.md section 1 (DISTILL.INSTANCE_POOLING "mean")
     amb = torch.tensor([bool(a["ambiguous"]) for a in anns])
     pairs = torch.zeros_like(amb)
     for a, b in MetadataCatalog.get(cfg.DATASETS.TEST[0]).lookalike_pairs:
@@ -177,6 +181,9 @@ def class_knowledge(cfg, model):
         "ncm_ambiguous": ncm(x, classes, num_classes, amb),
         "ncm_pairs_clear": ncm(x, classes, num_classes, pairs & ~amb),
         "ncm_pairs_ambiguous": ncm(x, classes, num_classes, pairs & amb),
+        # the same 7x7 grids flattened (DISTILL.INSTANCE_POOLING "flatten"): the layout kept
+        "ncm_grid_clear": ncm(grid.flatten(1), classes, num_classes, ~amb),
+        "ncm_grid_ambiguous": ncm(grid.flatten(1), classes, num_classes, amb),
         "ncm_by_reason": {}, "n_by_reason": {},
         # the detector's own classification of each GT box (all instances, not only odd ones)
         "own_clear": acc(~amb), "own_ambiguous": acc(amb),

@@ -146,6 +146,9 @@ def main():
     p.add_argument("--tag", default="",
                    help="appended to the method names (with --opts, or with --teacher-weights: the rows of "
                         "another teacher, its record 'teacher<tag>'; the control is shared)")
+    p.add_argument("--schedule-tag", default="",
+                   help="appended to every row name, the control's included: the rows of another fine-tuning "
+                        "schedule (e.g. --iters 1200 --schedule-tag '~ft1200'), paired with their own control")
     p.add_argument("--results", default=os.path.join(RESULTS, "quality_finetune.json"))
     p.add_argument("--rerun", action="store_true", help="run rows that have a record already")
     p.add_argument("--teacher-weights", default="",
@@ -179,7 +182,7 @@ def main():
     finetune = schedule(args.iters, args.ims_per_batch, args.lr, 0.05, steps=(2 / 3, 11 / 12))
     for seed in args.seeds:
         for row in args.rows:
-            name = row if row == "student-finetune" else row + args.tag
+            name = (row if row == "student-finetune" else row + args.tag) + args.schedule_tag
             record = {**base, "method": name, "seed": seed}
             if finished(path, record) and not args.rerun:
                 print("done already:", name, seed, flush=True)

@@ -64,6 +64,11 @@ def add_distill_config(cfg):
     # weights 1 and zero response / global losses. False for a student trained from scratch.
     _C.DISTILL.FREEZE_STUDENT_BN = True
 
+    # Instance vectors of PGM, the robust weights and the global term: each box ROIAligned 7x7 at
+    # its level, then "mean" over the grid (METHOD.md section 1, a D-vector) or "flatten" (the
+    # 49 D grid: keeps the layout, which tells shapes apart on the replica's data). gkd_d2/pooling.py
+    _C.DISTILL.INSTANCE_POOLING = "mean"
+
     # Local feature knowledge, Eq. 7: decoupled foreground/background imitation of every FPN
     # level through an adaptation conv.
     _C.DISTILL.FEATURE = CN()

@@ -18,7 +18,7 @@ from torch import nn
 from .detectors import family_of
 from .detectors.levels import TeacherLevels, feature_levels
 from .knowledge import DistillSpec, build_knowledge_terms, knowledge_class
-from .pooling import pool_instances
+from .pooling import instance_dim, pool_instances
 from .prototypes.bank import PrototypeBank
 from .structures import DistillBatch, GroundTruth
 from .teacher import build_teacher
@@ -56,6 +56,8 @@ class DistillationDetector(nn.Module):
         self.student_family = family_of(self.student, "DISTILL.STUDENT_ARCHITECTURE")
         self.student_family.check_student()
         self.teacher_family = family_of(self.teacher, "DISTILL.TEACHER.CONFIG_FILE")
+        self.instance_pooling = str(cfg.DISTILL.INSTANCE_POOLING)
+        self.student_family.instance_pooling = self.teacher_family.instance_pooling = self.instance_pooling
         self.num_classes = self.student_family.num_classes
         if self.teacher_family.num_classes != self.num_classes:
             raise ValueError(
@@ -79,8 +81,8 @@ class DistillationDetector(nn.Module):
                 self.instance_levels,
                 self.num_classes,
                 cfg.DISTILL.PGM.NUM_PROTOTYPES,
-                spec.teacher_shapes[self.teacher_levels.source[first]].channels,
-                spec.student_shapes[first].channels,
+                instance_dim(spec.teacher_shapes[self.teacher_levels.source[first]].channels, self.instance_pooling),
+                instance_dim(spec.student_shapes[first].channels, self.instance_pooling),
             )
         self.needs_instances = self.prototypes is not None or any(
             t.needs_instances for t in self.knowledge.values()
@@ -180,11 +182,11 @@ class DistillationDetector(nn.Module):
             if self.needs_every_level:
                 boxes = [b.tensor for b in gt.box_lists]
                 batch.instance_feats_student_every_level = pool_instances(
-                    s_feats, self.instance_levels, self.strides, boxes
+                    s_feats, self.instance_levels, self.strides, boxes, reduce=self.instance_pooling
                 )
                 with torch.no_grad():
                     batch.instance_feats_teacher_every_level = pool_instances(
-                        t_feats, self.instance_levels, self.strides, boxes
+                        t_feats, self.instance_levels, self.strides, boxes, reduce=self.instance_pooling
                     )
             if self.prototypes is not None and len(gt):
                 batch.gt_weights = self.prototypes.robust_weights(
@@ -193,9 +195,10 @@ class DistillationDetector(nn.Module):
         return batch
 
     def pool_instances(self, features, gt: GroundTruth) -> torch.Tensor:
-        """(G, D): GT boxes ROIAligned 7x7 at their assigned level, averaged over space."""
+        """(G, D'): GT boxes ROIAligned 7x7 at their assigned level, averaged over space (D' = D)
+        or flattened (D' = 49 D; ``DISTILL.INSTANCE_POOLING``)."""
         boxes = [b.tensor for b in gt.box_lists]
-        return pool_instances(features, self.instance_levels, self.strides, boxes, gt.level_index)
+        return pool_instances(features, self.instance_levels, self.strides, boxes, gt.level_index, self.instance_pooling)
 
     @torch.no_grad()
     def teacher_features(self, batched_inputs) -> Dict[str, torch.Tensor]:

@@ -1,4 +1,6 @@
-"""Instance pooling, the one place it is done: boxes ROIAligned 7x7 on FPN maps, averaged over space.
+"""Instance pooling, the one place it is done: boxes ROIAligned 7x7 on FPN maps, averaged over
+space (``"mean"``, METHOD.md section 1: a D-vector) or kept as the flattened 7x7 grid
+(``"flatten"``: a 49 D-vector, ``DISTILL.INSTANCE_POOLING``).
 
 Used by the meta-architecture (GT instances and RoIs at their assigned level), the prototype
 refresh (every sampled instance at every level) and the visualisation and probes. The op is
@@ -13,6 +15,7 @@ from detectron2.modeling.poolers import assign_boxes_to_levels
 from detectron2.structures import Boxes
 
 POOL_SIZE = 7
+INSTANCE_POOLINGS = ("mean", "flatten")
 #: Detectron2's FPN level rule: a box of sqrt(area) 224 goes to level 4 (P4).
 CANONICAL_BOX_SIZE, CANONICAL_LEVEL = 224, 4
 
@@ -30,6 +33,16 @@ def assign_level_index(box_lists: List[Boxes], min_level: int, max_level: int) -
     return assign_boxes_to_levels(box_lists, min_level, max_level, CANONICAL_BOX_SIZE, CANONICAL_LEVEL)
 
 
+def reduce_grid(pooled: torch.Tensor, reduce: str) -> torch.Tensor:
+    """(N, D, 7, 7) ROIAligned grids -> (N, D) spatial means (``"mean"``) or (N, 49 D) (``"flatten"``)."""
+    return pooled.mean(dim=(2, 3)) if reduce == "mean" else pooled.flatten(1)
+
+
+def instance_dim(channels: int, reduce: str) -> int:
+    """Length of an instance vector pooled from a ``channels``-wide FPN level."""
+    return channels if reduce == "mean" else channels * POOL_SIZE * POOL_SIZE
+
+
 def _rois(boxes: List[torch.Tensor], device, dtype) -> torch.Tensor:
     """(N, 5) (image index, x0, y0, x1, y1) from per-image (k_b, 4) boxes."""
     index = torch.repeat_interleave(
@@ -45,23 +58,27 @@ def pool_instances(
     strides: Dict[str, int],
     boxes: List[torch.Tensor],
     level_index: Optional[torch.Tensor] = None,
+    reduce: str = "mean",
 ) -> torch.Tensor:
     """Instance features from FPN maps ``features`` (name -> (B, D, H, W)).
 
     boxes: per image (k_b, 4) XYXY in input pixels (N boxes in all, in image order).
     With ``level_index`` (N,) (index into ``level_names``): each box pooled at its own level,
-    (N, D). Without: every box pooled at every level, (L, N, D).
+    (N, D'). Without: every box pooled at every level, (L, N, D'). ``reduce``: ``"mean"`` over
+    the 7x7 grid (D' = D) or ``"flatten"`` it (D' = 49 D, channel-major).
     """
+    if reduce not in INSTANCE_POOLINGS:
+        raise ValueError(f"instance pooling {reduce!r}: expected one of {INSTANCE_POOLINGS}")
     first = features[level_names[0]]
     rois = _rois(boxes, first.device, first.dtype)
     aligners = [ROIAlign((POOL_SIZE, POOL_SIZE), 1.0 / strides[f], 0, aligned=True) for f in level_names]
     if level_index is None:
         return torch.stack(
-            [a(features[f], rois).mean(dim=(2, 3)) for a, f in zip(aligners, level_names)]
+            [reduce_grid(a(features[f], rois), reduce) for a, f in zip(aligners, level_names)]
         )
     out = first.new_zeros(rois.shape[0], first.shape[1], POOL_SIZE, POOL_SIZE)
     for i, (a, f) in enumerate(zip(aligners, level_names)):  # levels, not boxes
         inds = torch.nonzero(level_index == i, as_tuple=True)[0]
         if len(inds):
             out[inds] = a(features[f], rois[inds])
-    return out.mean(dim=(2, 3))
+    return reduce_grid(out, reduce)

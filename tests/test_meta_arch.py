@@ -147,6 +147,42 @@ def test_teacher_equal_to_trained_student_with_batchnorm_in_training_mode(arch, 
     assert weight < 1 - 1e-4 and response > 1e-6 and global_ > 1e-8
 
 
+@pytest.mark.parametrize("arch", ["GeneralizedRCNN", "RetinaNet"])
+def test_flattened_instance_pooling(arch, tmp_path):
+    """DISTILL.INSTANCE_POOLING "flatten": instance vectors are the 7x7 grids (49 D), whose
+    average over the grid is the default "mean" vector; the bank holds 49 D-wide prototypes;
+    teacher == student still gives robust weights 1 and zero response / global losses."""
+    teacher = make_teacher(tmp_path, arch, fpn_channels=16)
+    cfg = distill_cfg(teacher, arch, freeze_bn=True, knowledge=("response", "global"))
+    model = build_model(cfg)
+    cfg.DISTILL.INSTANCE_POOLING = "flatten"
+    flat = build_model(cfg)
+    assert flat.prototypes.teacher.shape[-1] == 49 * model.prototypes.teacher.shape[-1] == 49 * 16
+    DistillationCheckpointer(flat).load(teacher[1])
+    batch = make_batch(((2, 0), (3, 1)))
+    with torch.no_grad():
+        gt = flat.ground_truth([b["instances"] for b in batch])
+        feats = flat.teacher_features(batch)
+        grid, mean = flat.pool_instances(feats, gt), model.pool_instances(feats, gt)
+    assert grid.shape == (len(gt), 49 * 16)
+    torch.testing.assert_close(grid.view(len(gt), 16, 49).mean(-1), mean)
+    fill_prototypes_from_batch(flat, make_batch(((3, 0), (2, 1)), seed=5))
+    flat.train()
+    with EventStorage(0) as storage:
+        losses = flat(batch)
+        weight = storage.latest()["kd/robust_weight_mean"][0]
+    assert weight == pytest.approx(1.0, abs=1e-6)
+    assert losses["loss_kd_response"].item() == pytest.approx(0.0, abs=1e-6)
+    assert losses["loss_kd_global"].item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_unknown_instance_pooling(rcnn_teacher):
+    cfg = distill_cfg(rcnn_teacher)
+    cfg.DISTILL.INSTANCE_POOLING = "max"
+    with pytest.raises(ValueError, match="DISTILL.INSTANCE_POOLING='max': choose one of"):
+        build_model(cfg)
+
+
 def test_missing_teacher_weights_file(rcnn_teacher, tmp_path):
     cfg = distill_cfg((rcnn_teacher[0], str(tmp_path / "nope.pth")))
     with pytest.raises(FileNotFoundError, match="DISTILL.TEACHER.WEIGHTS.*nope.pth"):

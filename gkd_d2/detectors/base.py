@@ -28,6 +28,9 @@ class DetectorFamily:
     name = ""
     #: the config option of the class count, for error messages
     num_classes_option = ""
+    #: how RoI grids become the vectors robust weights are computed from (the meta-architecture
+    #: sets ``DISTILL.INSTANCE_POOLING``; gkd_d2/pooling.py)
+    instance_pooling = "mean"
 
     def __init__(self, model):
         self.model = model

@@ -12,7 +12,7 @@ from detectron2.modeling import GeneralizedRCNN
 from detectron2.modeling.roi_heads import CascadeROIHeads, StandardROIHeads
 from torch import nn
 
-from ..pooling import assign_level_index
+from ..pooling import assign_level_index, reduce_grid
 from ..structures import RoIResponse
 from .base import DetectorFamily, capture_outputs
 
@@ -105,7 +105,7 @@ class RCNNFamily(DetectorFamily):
             proposal_boxes=torch.cat([b.tensor for b in box_lists]),
             box_lists=box_lists,
             level_index=assign_level_index(box_lists, *self.level_range),
-            student_feats=cap["pooled"].mean(dim=(2, 3)),
+            student_feats=reduce_grid(cap["pooled"], self.instance_pooling),
             box_coder=box_coder(student),
         )
         return {**detector_losses, **proposal_losses}, response
@@ -125,4 +125,4 @@ class RCNNFamily(DetectorFamily):
         response.teacher_deltas = reencode_deltas(
             deltas, response.proposal_boxes, box_coder(self.model), response.box_coder
         )
-        response.teacher_feats = pooled.mean(dim=(2, 3))
+        response.teacher_feats = reduce_grid(pooled, self.instance_pooling)

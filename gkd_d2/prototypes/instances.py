@@ -189,6 +189,7 @@ def extract_features_from_cfg(cfg, model, features_fn, records: Sequence[ImageIn
         cfg.INPUT.MIN_SIZE_TEST,
         cfg.INPUT.MAX_SIZE_TEST,
         int(cfg.DISTILL.PGM.BATCH_SIZE),
+        model.instance_pooling,
     )
 
 
@@ -221,8 +222,10 @@ def extract_features(
     short_edge: int,
     max_size: int,
     batch_size: int,
+    reduce: str = "mean",
 ) -> torch.Tensor:
-    """(L, N, D) features of every sampled instance of ``records`` (in record order), on CPU.
+    """(L, N, D') features of every sampled instance of ``records`` (in record order), on CPU;
+    ``reduce`` as in :func:`gkd_d2.pooling.pool_instances`.
 
     ``features_fn`` maps a list of Detectron2 inputs to the FPN features (teacher or student).
     """
@@ -230,7 +233,7 @@ def extract_features(
     for start in range(0, len(records), batch_size):
         part = records[start : start + batch_size]
         inputs, boxes = load_test_inputs(part, image_format, short_edge, max_size)
-        chunks.append(pool_instances(features_fn(inputs), levels, strides, boxes).float().cpu())
+        chunks.append(pool_instances(features_fn(inputs), levels, strides, boxes, reduce=reduce).float().cpu())
     if not chunks:
         return torch.zeros(len(levels), 0, 0)
     return torch.cat(chunks, dim=1)
