@@ -10,6 +10,7 @@ Reads ``quality.json`` and ``quality_teacher3600.json`` (records of :mod:`qualit
 """
 import collections
 import glob
+import itertools
 import json
 import math
 import os
@@ -102,7 +103,6 @@ def finetune_section(records):
         by_method = collections.defaultdict(dict)
         for r in rows:
             by_method[r["method"]][r["seed"]] = r["AP"]
-        control = by_method.get("student-finetune", {})
         lines += [f"### {detector}, dataset `{dataset}` ({rows[0]['device']}, last record {max(r['date'] for r in rows)})", "",
                   "| row | seeds | AP | minus `student-finetune` (mean, 95% interval) | every seed above |", "|---|---|---|---|---|"]
         for r in rows:
@@ -112,12 +112,20 @@ def finetune_section(records):
         for method, seeds in sorted(by_method.items(), key=lambda kv: -statistics.fmean(kv[1].values())):
             if method.startswith(("teacher", "student-pretrained")):
                 continue
-            diff = paired_differences(control, seeds) if method != "student-finetune" else None
+            control = by_method.get(_control_of(method), {})
+            diff = paired_differences(control, seeds) if method != _control_of(method) else None
             cell = "" if diff is None else f"{_interval(diff)} (n={diff[2]})"
             lines.append(f"| {method} | {len(seeds)} | {mean_spread(list(seeds.values()))} | {cell} | "
                          f"{'' if diff is None else ('yes' if diff[3] else 'no')} |")
         lines.append("")
     return lines
+
+
+def _control_of(method):
+    """The control of a replica row: ``student-finetune`` of the same fine-tuning schedule (the
+    suffix ``~x`` of ``replica.py --schedule-tag``)."""
+    _, tilde, schedule = method.partition("~")
+    return "student-finetune" + tilde + schedule
 
 
 def _teacher_variants(rows):
@@ -175,21 +183,24 @@ def side_by_side_section(records):
         columns = []  # (dataset, tag, teacher AP, {method: {seed: AP}})
         for dataset in sorted({r.get("dataset", "synth") for r in rows}):
             drows = [r for r in rows if r.get("dataset", "synth") == dataset]
-            for tag, teacher_ap in sorted(_teacher_variants(drows).items()):
+            schedules = sorted({r["method"].partition("~")[2] for r in drows})
+            for (tag, teacher_ap), schedule in itertools.product(sorted(_teacher_variants(drows).items()), schedules):
                 by_method = collections.defaultdict(dict)
                 for r in drows:
                     if "opts" in r or r["method"].startswith(("teacher", "student-pretrained")):
                         continue
-                    base, at, rest = r["method"].partition("@")
-                    if base == "student-finetune" or at + rest == tag:  # the control serves every teacher
+                    name, _, row_schedule = r["method"].partition("~")
+                    base, at, rest = name.partition("@")
+                    # the control serves every teacher of its schedule
+                    if row_schedule == schedule and (base == "student-finetune" or at + rest == tag):
                         by_method[base][r["seed"]] = r["AP"]
                 if len(by_method) > 1:
-                    columns.append((dataset, tag, teacher_ap, by_method))
+                    columns.append((dataset, tag + (f" ~{schedule}" if schedule else ""), teacher_ap, by_method))
         if not columns:
             continue
         student = {r.get("dataset", "synth"): r["AP"] for r in rows if r["method"] == "student-pretrained"}
-        head = [f"`{d}`, teacher{t or ''} {ap:.1f} AP, trained student {student.get(d, float('nan')):.1f} AP"
-                for d, t, ap, _ in columns]
+        head = [f"`{d}`, teacher{t.split(' ')[0] or ''} {ap:.1f} AP, trained student {student.get(d, float('nan')):.1f} AP"
+                + (f", fine-tuning {t.split(' ~')[1]}" if " ~" in t else "") for d, t, ap, _ in columns]
         methods = [m for m in order if any(m in c[3] for c in columns)]
         methods += sorted({m for c in columns for m in c[3]} - set(methods))
         lines += [f"### {detector}", "", "| row | " + " | ".join(head) + " |", "|---" * (len(head) + 1) + "|"]
