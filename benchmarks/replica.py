@@ -10,8 +10,10 @@ same schedule without distillation (``student-finetune``, the fair control).
    alone (``--teacher-iters``, ``--student-iters``), evaluated at six evenly spaced points; the
    records ``teacher`` and ``student-pretrained`` keep the curve (``curve``: [[iter, AP], ...])
    so the plateau shows (the last two points);
-2. every row starts from that same trained student and runs ``--iters`` iterations with the
-   same schedule (warm-up 5%, steps at 2/3 and 11/12, as the paper's 500 / 16 / 22 of 24
+2. every row starts from that same trained student and runs ``--iters`` iterations (by default
+   as many as the student was trained, the paper's ratio: 24 epochs of distillation after a
+   24-epoch student; on a quarter of that the default feature term's first transient fills
+   most of the run, ``benchmarks/NOTES.md``) with the same schedule (warm-up 5%, steps at 2/3 and 11/12, as the paper's 500 / 16 / 22 of 24
    epochs); ``student-finetune`` has no knowledge term (``DISTILL.KNOWLEDGE []``, the same
    wrapper, the same frozen BatchNorm), the others have the gkd_d2 defaults except the terms
    of their row (``quality.METHODS``) and ``--opts``.
@@ -134,7 +136,8 @@ def main():
     p.add_argument("--rows", nargs="+", default=["student-finetune", "gkd"], choices=ROWS)
     p.add_argument("--teacher-iters", type=int, default=2400)
     p.add_argument("--student-iters", type=int, default=2400)
-    p.add_argument("--iters", type=int, default=600, help="fine-tuning iterations of every row")
+    p.add_argument("--iters", type=int, default=0,
+                   help="fine-tuning iterations of every row (default: --student-iters, the paper's 1:1)")
     p.add_argument("--ims-per-batch", type=int, default=4)
     p.add_argument("--lr", type=float, default=0.01, help="pre-training and fine-tuning learning rate")
     p.add_argument("--num-train", type=int, default=2000)
@@ -154,6 +157,7 @@ def main():
     p.add_argument("--teacher-weights", default="",
                    help="a teacher already trained with --teacher-iters on this data (e.g. by probe_data.py)")
     args = p.parse_args()
+    args.iters = args.iters or args.student_iters
     args.output = args.output or os.path.join("output", "replica", args.dataset, args.detector)
     setup_logger()
     setup_logger(name="gkd_d2")
