@@ -13,8 +13,8 @@ same schedule without distillation (``student-finetune``, the fair control).
 2. every row starts from that same trained student and runs ``--iters`` iterations (by default
    as many as the student was trained, the paper's ratio: 24 epochs of distillation after a
    24-epoch student; on a quarter of that the default feature term's first transient fills
-   most of the run, ``benchmarks/NOTES.md``) with the same schedule (warm-up 5%, steps at 2/3 and 11/12, as the paper's 500 / 16 / 22 of 24
-   epochs); ``student-finetune`` has no knowledge term (``DISTILL.KNOWLEDGE []``, the same
+   most of the run, ``benchmarks/NOTES.md``) with the same schedule (warm-up 5%, steps at 2/3
+   and 11/12, as the paper's 500 / 16 / 22 of 24 epochs); ``student-finetune`` has no knowledge term (``DISTILL.KNOWLEDGE []``, the same
    wrapper, the same frozen BatchNorm), the others have the gkd_d2 defaults except the terms
    of their row (``quality.METHODS``) and ``--opts``.
 

@@ -180,7 +180,7 @@ def side_by_side_section(records):
     order = ["student-finetune", "gkd", "response", "response+global", "feature+response", "feature", "global",
              "feature+global"]
     for detector, rows in sorted(by_detector.items()):
-        columns = []  # (dataset, tag, teacher AP, {method: {seed: AP}})
+        columns = []  # (dataset, teacher tag, schedule tag, teacher AP, {method: {seed: AP}})
         for dataset in sorted({r.get("dataset", "synth") for r in rows}):
             drows = [r for r in rows if r.get("dataset", "synth") == dataset]
             schedules = sorted({r["method"].partition("~")[2] for r in drows})
@@ -195,21 +195,22 @@ def side_by_side_section(records):
                     if row_schedule == schedule and (base == "student-finetune" or at + rest == tag):
                         by_method[base][r["seed"]] = r["AP"]
                 if len(by_method) > 1:
-                    columns.append((dataset, tag + (f" ~{schedule}" if schedule else ""), teacher_ap, by_method))
+                    columns.append((dataset, tag, schedule, teacher_ap, by_method))
         if not columns:
             continue
         student = {r.get("dataset", "synth"): r["AP"] for r in rows if r["method"] == "student-pretrained"}
-        head = [f"`{d}`, teacher{t.split(' ')[0] or ''} {ap:.1f} AP, trained student {student.get(d, float('nan')):.1f} AP"
-                + (f", fine-tuning {t.split(' ~')[1]}" if " ~" in t else "") for d, t, ap, _ in columns]
-        methods = [m for m in order if any(m in c[3] for c in columns)]
-        methods += sorted({m for c in columns for m in c[3]} - set(methods))
+        head = [f"`{d}`, teacher{t} {ap:.1f} AP, trained student {student.get(d, float('nan')):.1f} AP"
+                + (f", fine-tuning {sched}" if sched else "") for d, t, sched, ap, _ in columns]
+        tables = [c[-1] for c in columns]
+        methods = [m for m in order if any(m in by_method for by_method in tables)]
+        methods += sorted({m for by_method in tables for m in by_method} - set(methods))
         lines += [f"### {detector}", "", "| row | " + " | ".join(head) + " |", "|---" * (len(head) + 1) + "|"]
         for m in methods:
-            lines.append(f"| {m} | " + " | ".join(_cell(c[3], c[3].get("student-finetune", {}), m) for c in columns) + " |")
+            lines.append(f"| {m} | " + " | ".join(_cell(t, t.get("student-finetune", {}), m) for t in tables) + " |")
         lines += ["", "The global term's contribution (paired by seed, mean [95% interval]):", "",
                   "| difference | " + " | ".join(head) + " |", "|---" * (len(head) + 1) + "|"]
         for a, b in (("response+global", "response"), ("gkd", "feature+response")):
-            lines.append(f"| `{a}` - `{b}` | " + " | ".join(_contribution(c[3], a, b) for c in columns) + " |")
+            lines.append(f"| `{a}` - `{b}` | " + " | ".join(_contribution(t, a, b) for t in tables) + " |")
         lines.append("")
     return lines
 

@@ -35,7 +35,11 @@ def assign_level_index(box_lists: List[Boxes], min_level: int, max_level: int) -
 
 def reduce_grid(pooled: torch.Tensor, reduce: str) -> torch.Tensor:
     """(N, D, 7, 7) ROIAligned grids -> (N, D) spatial means (``"mean"``) or (N, 49 D) (``"flatten"``)."""
-    return pooled.mean(dim=(2, 3)) if reduce == "mean" else pooled.flatten(1)
+    if reduce == "mean":
+        return pooled.mean(dim=(2, 3))
+    if reduce == "flatten":
+        return pooled.flatten(1)
+    raise ValueError(f"instance pooling {reduce!r}: expected one of {INSTANCE_POOLINGS}")
 
 
 def instance_dim(channels: int, reduce: str) -> int:
@@ -67,8 +71,6 @@ def pool_instances(
     (N, D'). Without: every box pooled at every level, (L, N, D'). ``reduce``: ``"mean"`` over
     the 7x7 grid (D' = D) or ``"flatten"`` it (D' = 49 D, channel-major).
     """
-    if reduce not in INSTANCE_POOLINGS:
-        raise ValueError(f"instance pooling {reduce!r}: expected one of {INSTANCE_POOLINGS}")
     first = features[level_names[0]]
     rois = _rois(boxes, first.device, first.dtype)
     aligners = [ROIAlign((POOL_SIZE, POOL_SIZE), 1.0 / strides[f], 0, aligned=True) for f in level_names]
