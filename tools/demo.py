@@ -21,10 +21,10 @@ validation).
 
 Each stage is an ordinary ``tools/train_net.py`` run of a config in ``configs/Demo`` (the
 commands are printed), so a stage that already finished is reused unless ``--retrain``.
-Independent stages run side by side, each in its own process with ``--threads / --jobs``
-threads and its log in ``<OUTPUT_DIR>/log.txt``: the teacher beside the student, then the two
-fine-tunings (on two cores, two one-thread processes train about twice as fast as one
-two-thread process).
+Each stage runs in its own process with its log in ``<OUTPUT_DIR>/log.txt``. The teacher and
+the student train one after the other with all ``--threads``; the two fine-tunings, which take
+about as long as each other, train side by side with ``--threads / 2`` each (``--jobs 1``: one
+after the other).
 """
 import argparse
 import json
@@ -120,11 +120,11 @@ def main():
     parser.add_argument("--retrain", action="store_true", help="ignore finished stages")
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="threads in all")
     parser.add_argument("--jobs", type=int, default=min(2, os.cpu_count()),
-                        help="stages trained at once (teacher beside student, then the two fine-tunings)")
+                        help="1: the two fine-tunings one after the other; 2: side by side")
     parser.add_argument("--seed", type=int, default=0, help="SEED of every stage (-1: a random one)")
     args = parser.parse_args()
-    if args.jobs < 1 or args.threads < 1:
-        parser.error(f"--jobs ({args.jobs}) and --threads ({args.threads}) must be at least 1")
+    if args.jobs not in (1, 2) or args.threads < 1:
+        parser.error(f"--jobs must be 1 or 2 (got {args.jobs}), --threads at least 1 (got {args.threads})")
     setup_logger(name="gkd_d2")
 
     teacher_yaml, student_yaml, gkd_yaml = DEMO_CONFIGS[args.detector]
@@ -139,7 +139,7 @@ def main():
         "MODEL.WEIGHTS", os.path.join(student_dir, "model_final.pth"),
         "DISTILL.TEACHER.WEIGHTS", os.path.join(teacher_dir, "model_final.pth"),
     ]
-    stages = [  # (name, config, overrides), in pairs of independent stages
+    stages = [  # (name, config, overrides)
         ("teacher", teacher_yaml, schedule(args.teacher_iters) + ["OUTPUT_DIR", teacher_dir]),
         ("trained student", student_yaml, schedule(args.iters) + ["OUTPUT_DIR", student_dir]),
         (  # the control: the same wrapper and schedule without any knowledge term
@@ -151,14 +151,16 @@ def main():
         (FINETUNE_GKD, gkd_yaml, finetune + ["OUTPUT_DIR", os.path.join(out, "gkd")]),
     ]
     register_datasets_from_cfg(load_cfg(teacher_yaml, common))  # generates the data, once
-    threads = max(1, args.threads // args.jobs)
+    # stages trained at once: the teacher, then the student, then the two fine-tunings
+    groups = [stages[:1], stages[1:2]] + ([stages[2:]] if args.jobs == 2 else [stages[2:3], stages[3:]])
     table = {}
     start = time.perf_counter()
     spawn = multiprocessing.get_context("spawn")  # a fresh interpreter: no inherited thread pools
     with ProcessPoolExecutor(max_workers=args.jobs, mp_context=spawn) as pool:
-        for pair in (stages[:2], stages[2:]):  # the fine-tunings need the teacher and the student
+        for group in groups:  # the fine-tunings need the teacher and the student
+            threads = max(1, args.threads // len(group))
             running = {}
-            for name, yaml, opts in pair:
+            for name, yaml, opts in group:
                 opts = common + opts
                 out_dir = opts[opts.index("OUTPUT_DIR") + 1]
                 print(
