@@ -162,21 +162,21 @@ def main():
             running = {}
             for name, yaml, opts in group:
                 opts = common + opts
-                out_dir = opts[opts.index("OUTPUT_DIR") + 1]
+                cfg = load_cfg(yaml, opts)
+                log = os.path.join(cfg.OUTPUT_DIR, "log.txt")
                 print(
                     f"\n[demo] {len(table) + len(running) + 1}/{len(stages)} {name}: "
-                    f"{load_cfg(yaml, opts).SOLVER.MAX_ITER} iterations, {threads} thread(s), log in "
-                    f"{os.path.join(out_dir, 'log.txt')} ({time.perf_counter() - start:.0f} s so far)\n"
+                    f"{cfg.SOLVER.MAX_ITER} iterations, {threads} thread(s), log in {log} "
+                    f"({time.perf_counter() - start:.0f} s so far)\n"
                     f"[demo]   = python tools/train_net.py --config-file {yaml} {' '.join(opts)}",
                     flush=True,
                 )
-                running[name] = (pool.submit(run_stage, yaml, opts, args.retrain, threads), out_dir)
-            for name, (future, out_dir) in running.items():
+                running[name] = (pool.submit(run_stage, yaml, opts, args.retrain, threads), log)
+            for name, (future, log) in running.items():
                 try:
                     table[name] = future.result()
                 except Exception as e:
-                    sys.exit(f"[demo] {name} failed ({type(e).__name__}: {e}); its log: "
-                             f"{os.path.join(out_dir, 'log.txt')}")
+                    sys.exit(f"[demo] {name} failed ({type(e).__name__}: {e}); its log: {log}")
                 print(f"[demo] {name}: AP {table[name]['AP']:.1f} "
                       f"({time.perf_counter() - start:.0f} s so far)", flush=True)
 
