@@ -1,0 +1,167 @@
+#!/usr/bin/env python
+"""Do the robust weights (Eq. 8) single out the noisy instances on the replica's data?
+
+The paper's Robust Distillation Module rests on one claim: the discrepancy between the
+teacher's and the student's relations to the prototypes is large on the instances whose
+knowledge is noisy (small, blurred, occluded, truncated, or ones the teacher gets wrong), so
+``w = 1 - |max_c beta_T - max_c beta_S|`` down-weights exactly those in the local terms. This
+probe measures it on a trained replica pair (``benchmarks/replica.py``, shapes data): for every
+validation GT instance (no size filter), pooled at its assigned level as in training, against
+prototypes that PGM regenerates for the pair (the refresh hook's call at the start of a
+fine-tuning), it reports the mean robust weight
+
+- on clear and on ambiguous instances (the data's own ``ambiguous`` flag) and by reason;
+- on the instances the teacher classifies right / wrong (Faster R-CNN: its box head's best
+  foreground class on the GT box; RetinaNet: its classification head at the anchor of highest
+  IoU with the box) -- the soft labels the response term would pass on;
+- ``auc_ambiguous`` / ``auc_teacher_wrong``: the probability that a random ambiguous (teacher-
+  wrong) instance gets a lower weight than a random clear (teacher-right) one (0.5: the weights
+  do not tell them apart; 1: every noisy instance below every clean one);
+- ``low_share``: the share of instances with ``w < 0.8`` and how many of those are ambiguous.
+
+One row per ``--runs`` folder (a student's ``model_final.pth`` under ``--output``): the student
+of the pair is that run's, the teacher the replica's.
+
+    python benchmarks/probe_robust.py --detector faster_rcnn --runs student-pretrained gkd~ft1200_s0
+
+Writes ``benchmarks/results/probe_robust_<detector>.json``.
+"""
+import argparse
+import json
+import os
+import sys
+
+import numpy as np
+import torch
+from detectron2.data import DatasetCatalog
+from detectron2.structures import Boxes
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import RESULTS, load_cfg, machine  # noqa: E402
+from probe_common import validation_inputs  # noqa: E402
+from replica import DATASETS, data_opts  # noqa: E402
+
+from gkd_d2 import DistillationCheckpointer, DistillTrainer  # noqa: E402
+from gkd_d2.config import DEMO_CONFIGS  # noqa: E402
+from gkd_d2.data.builtin import register_datasets_from_cfg  # noqa: E402
+from gkd_d2.pooling import assign_level_index, pool_instances  # noqa: E402
+from gkd_d2.prototypes import PrototypeRefresher  # noqa: E402
+
+REASONS = ("small", "blurred", "occluded", "truncated")
+
+
+def parse_args():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--detector", choices=sorted(DEMO_CONFIGS), default="faster_rcnn")
+    p.add_argument("--runs", nargs="+", default=["student-pretrained"], help="run folders under --output")
+    p.add_argument("--output", default="", help="default output/replica/shapes/<detector>")
+    p.add_argument("--teacher", default="teacher", help="the teacher's folder (or a .pth path)")
+    p.add_argument("--num-train", type=int, default=2000)
+    p.add_argument("--num-val", type=int, default=200)
+    p.add_argument("--image-size", type=int, default=160)
+    p.add_argument("--results", default="")
+    return p.parse_args()
+
+
+def auc(low, high):
+    """P(a random ``low`` value < a random ``high`` value), ties counted half. low, high: (n,), (m,)."""
+    if len(low) == 0 or len(high) == 0:
+        return float("nan")
+    lt = (low[:, None] < high[None, :]).float().mean()
+    eq = (low[:, None] == high[None, :]).float().mean()
+    return float(lt + 0.5 * eq)
+
+
+@torch.no_grad()
+def teacher_predictions(model, inputs, boxes, step):
+    """(N,) the teacher's own class for each GT box (see the module docstring)."""
+    teacher, out = model.teacher, []
+    heads = getattr(teacher, "roi_heads", None)
+    for s in range(0, len(inputs), step):
+        images = teacher.preprocess_image(inputs[s : s + step])
+        feats = teacher.backbone(images.tensor)
+        bx = [Boxes(b) for b in boxes[s : s + step]]
+        if heads is not None:
+            x = heads.box_head(heads.box_pooler([feats[f] for f in heads.box_in_features], bx))
+            out.append(heads.box_predictor(x)[0][:, :-1].argmax(1))
+            continue
+        from detectron2.structures import pairwise_iou
+
+        levels = [feats[f] for f in teacher.head_in_features]
+        anchors = Boxes.cat(teacher.anchor_generator(levels))
+        logits = torch.cat([x.permute(0, 2, 3, 1).reshape(x.shape[0], -1, teacher.num_classes)
+                            for x in teacher.head(levels)[0]], dim=1)
+        for i, b in enumerate(bx):
+            best = pairwise_iou(b, anchors).argmax(1)
+            out.append(logits[i, best].argmax(1))
+    return torch.cat(out)
+
+
+def main():
+    args = parse_args()
+    out = args.output or os.path.join("output", "replica", "shapes", args.detector)
+    teacher_w = args.teacher if args.teacher.endswith(".pth") else os.path.join(out, args.teacher, "model_final.pth")
+    node = DATASETS["shapes"][0]
+    cfg = load_cfg(DEMO_CONFIGS[args.detector][2], data_opts("shapes", "cpu", 0) + [
+        f"DATASETS.{node}.NUM_TRAIN", str(args.num_train), f"DATASETS.{node}.NUM_VAL", str(args.num_val),
+        f"DATASETS.{node}.IMAGE_SIZE", str(args.image_size), "DISTILL.TEACHER.WEIGHTS", teacher_w,
+    ])
+    register_datasets_from_cfg(cfg)
+    torch.set_grad_enabled(False)
+    model = DistillTrainer.build_model(cfg).eval()
+    num_classes = model.num_classes
+
+    records, inputs, boxes = validation_inputs(cfg, num_classes)
+    by_id = {d["image_id"]: d for d in DatasetCatalog.get(cfg.DATASETS.TEST[0])}
+    anns = [by_id[r.image_id]["annotations"][j] for r in records for j in r.ann_index]
+    classes = torch.as_tensor(np.concatenate([r.classes for r in records])).long()
+    amb = torch.tensor([bool(a["ambiguous"]) for a in anns])
+    levels = assign_level_index([Boxes(b) for b in boxes], *model.student_family.level_range)
+    step = int(cfg.DISTILL.PGM.BATCH_SIZE)
+
+    def pooled(features_fn):
+        """(N, D) every instance pooled at its assigned level, as in training."""
+        out = []
+        for s in range(0, len(inputs), step):
+            chunk = boxes[s : s + step]
+            index = assign_level_index([Boxes(b) for b in chunk], *model.student_family.level_range)
+            feats = features_fn(inputs[s : s + step])
+            out.append(pool_instances(feats, model.instance_levels, model.strides, chunk, index, model.instance_pooling))
+        return torch.cat(out)
+
+    x_t = pooled(model.teacher_features)
+    right = teacher_predictions(model, inputs, boxes, step) == classes
+    print(f"{len(classes)} instances ({int(amb.sum())} ambiguous), teacher right on "
+          f"{float(right[~amb].float().mean()):.2f} clear / {float(right[amb].float().mean()):.2f} ambiguous",
+          flush=True)
+    refresher = PrototypeRefresher(cfg)
+    rows = []
+    for run in args.runs:
+        DistillationCheckpointer(model).load(os.path.join(out, run, "model_final.pth"))
+        model.eval()
+        refresher.refresh(model, iteration=0)
+        w = model.prototypes.robust_weights(x_t, pooled(model.student_features), levels, classes).cpu()
+        low = w < 0.8
+        row = {
+            "run": run,
+            "w_mean": float(w.mean()), "w_clear": float(w[~amb].mean()), "w_ambiguous": float(w[amb].mean()),
+            "w_by_reason": {r: float(w[torch.tensor([r in a["ambiguity"] for a in anns])].mean()) for r in REASONS},
+            "w_teacher_right": float(w[right].mean()), "w_teacher_wrong": float(w[~right].mean()),
+            "auc_ambiguous": auc(w[amb], w[~amb]), "auc_teacher_wrong": auc(w[~right], w[right]),
+            "low_share": float(low.float().mean()),
+            "low_ambiguous_share": float(amb[low].float().mean()) if low.any() else float("nan"),
+        }
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    path = args.results or os.path.join(RESULTS, f"probe_robust_{args.detector}.json")
+    with open(path, "w") as f:
+        json.dump({
+            "machine": machine("cpu"), "teacher": teacher_w, "instances": len(classes),
+            "ambiguous": int(amb.sum()), "teacher_right_clear": float(right[~amb].float().mean()),
+            "teacher_right_ambiguous": float(right[amb].float().mean()), "rows": rows,
+        }, f, indent=1)
+    print("wrote", path)
+
+
+if __name__ == "__main__":
+    main()
