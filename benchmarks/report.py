@@ -4,7 +4,7 @@
     python benchmarks/report.py
 
 Reads ``quality.json`` and ``quality_teacher3600.json`` (records of :mod:`quality`), the
-``probe_*.json`` of :mod:`probe_global` and :mod:`probe_feature`, ``speed.json`` (:mod:`bench_cost`),
+``probe_*.json`` of :mod:`probe_global`, :mod:`probe_feature`, :mod:`probe_data` and :mod:`probe_robust`, ``speed.json`` (:mod:`bench_cost`),
 ``anchor_kl.json`` (:mod:`bench_anchor_kl`), ``pgm_<device>.json`` (:mod:`bench_pgm`) and ``refresh_<detector>_<device>.json``
 (:mod:`bench_refresh`); every table says on what machine and when its figures were measured.
 """
@@ -266,6 +266,37 @@ def data_probe_section():
                f"vectors and by {len(grid_met)} with the flattened grids; "
                "see 'The shapes data' above (from benchmarks/NOTES.md).")
     return lines + ["", verdict, ""]
+
+
+def robust_probe_section():
+    """benchmarks/probe_robust.py: do the robust weights (Eq. 8) single out the noisy instances?"""
+    lines = []
+    for path in sorted(glob.glob(os.path.join(RESULTS, "probe_robust_*.json"))):
+        d = json.load(open(path))
+        det = os.path.basename(path)[len("probe_robust_"):-len(".json")]
+        lines += [
+            f"### {det}: teacher `{d['teacher']}`",
+            "",
+            f"{d['instances']} validation GT instances ({d['ambiguous']} ambiguous); the teacher classifies "
+            f"{d['teacher_right_clear']:.2f} of the clear and {d['teacher_right_ambiguous']:.2f} of the ambiguous "
+            f"ones right; {d['machine']['hardware']}, {d['machine']['date']}. AUC: probability that a random "
+            "ambiguous (teacher-wrong) instance weighs less than a random clear (teacher-right) one; 0.5 = no "
+            "separation.",
+            "",
+            "| student of the pair | mean w | clear | ambiguous | small / blurred / occluded / truncated | "
+            "teacher right / wrong | AUC ambiguous | AUC teacher wrong | w < 0.8 (of which ambiguous) |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
+        for r in d["rows"]:
+            reasons = " / ".join(f"{r['w_by_reason'][k]:.3f}" for k in ("small", "blurred", "occluded", "truncated"))
+            lines.append(
+                f"| {r['run']} | {r['w_mean']:.3f} | {r['w_clear']:.3f} | {r['w_ambiguous']:.3f} | {reasons} | "
+                f"{r['w_teacher_right']:.3f} / {r['w_teacher_wrong']:.3f} | {r['auc_ambiguous']:.2f} | "
+                f"{r['auc_teacher_wrong']:.2f} | {r['low_share']:.1%} ({r['low_ambiguous_share']:.0%}) |"
+            )
+        lines.append("")
+    title = "## Robust weights: do they single out the noisy instances? (`probe_robust.py`)"
+    return ([title, ""] + lines) if lines else []
 
 
 def probe_sections():
@@ -542,6 +573,7 @@ def main():
     lines += finetune_section(load("quality_finetune.json"))
     lines += loss_scales_section(load("loss_scales.json"))
     lines += data_probe_section()
+    lines += robust_probe_section()
     lines += probe_sections()
     lines += speed_section(load("speed.json"))
     lines += cost_coco_section()
