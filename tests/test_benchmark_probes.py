@@ -1,4 +1,4 @@
-"""The measurements of ``benchmarks/probe_global.py`` on hand-made features."""
+"""The measurements of ``benchmarks/probe_global.py`` and ``probe_robust.py`` on hand-made values."""
 import os
 import sys
 
@@ -7,6 +7,7 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
 import probe_global  # noqa: E402
+import probe_robust  # noqa: E402
 
 
 def test_ncm_fits_on_even_scores_on_odd():
@@ -40,3 +41,14 @@ def test_geometry_correlations_separate_class_from_colour():
     by_colour = probe_global.geometry_correlations(torch.nn.functional.one_hot(shade, 2).float(), classes, colours)
     assert by_colour["r_colour"] == pytest.approx(1.0)
     assert abs(by_colour["r_class"]) < 0.5
+
+
+def test_robust_weight_auc_counts_pairs_and_ties():
+    # every ambiguous weight below every clear one: 1; the reverse: 0; identical: 0.5
+    low, high = torch.tensor([0.2, 0.5]), torch.tensor([0.6, 0.9, 1.0])
+    assert probe_robust.auc(low, high) == pytest.approx(1.0)
+    assert probe_robust.auc(high, low) == pytest.approx(0.0)
+    assert probe_robust.auc(torch.ones(3), torch.ones(2)) == pytest.approx(0.5)
+    # pairs (0.5 vs 0.4, 0.5 vs 0.5, 0.5 vs 0.9) -> 0 + 0.5 + 1 over 3
+    assert probe_robust.auc(torch.tensor([0.5]), torch.tensor([0.4, 0.5, 0.9])) == pytest.approx(0.5)
+    assert probe_robust.auc(torch.tensor([]), high) != probe_robust.auc(torch.tensor([]), high)  # nan
