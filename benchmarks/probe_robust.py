@@ -101,6 +101,10 @@ def main():
     args = parse_args()
     out = args.output or os.path.join("output", "replica", "shapes", args.detector)
     teacher_w = args.teacher if args.teacher.endswith(".pth") else os.path.join(out, args.teacher, "model_final.pth")
+    missing = [w for w in [teacher_w] + [os.path.join(out, r, "model_final.pth") for r in args.runs]
+               if not os.path.isfile(w)]
+    if missing:
+        sys.exit("probe_robust: no such checkpoint: " + ", ".join(missing))
     node = DATASETS["shapes"][0]
     cfg = load_cfg(DEMO_CONFIGS[args.detector][2], data_opts("shapes", "cpu", 0) + [
         f"DATASETS.{node}.NUM_TRAIN", str(args.num_train), f"DATASETS.{node}.NUM_VAL", str(args.num_val),
