@@ -34,7 +34,7 @@ import sys
 import numpy as np
 import torch
 from detectron2.data import DatasetCatalog
-from detectron2.structures import Boxes
+from detectron2.structures import Boxes, pairwise_iou
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import RESULTS, load_cfg, machine  # noqa: E402
@@ -85,8 +85,6 @@ def teacher_predictions(model, inputs, boxes, step):
             x = heads.box_head(heads.box_pooler([feats[f] for f in heads.box_in_features], bx))
             out.append(heads.box_predictor(x)[0][:, :-1].argmax(1))
             continue
-        from detectron2.structures import pairwise_iou
-
         levels = [feats[f] for f in teacher.head_in_features]
         anchors = Boxes.cat(teacher.anchor_generator(levels))
         logits = torch.cat([x.permute(0, 2, 3, 1).reshape(x.shape[0], -1, teacher.num_classes)
