@@ -11,9 +11,9 @@ prototypes that PGM regenerates for the pair (the refresh hook's call at the sta
 fine-tuning), it reports the mean robust weight
 
 - on clear and on ambiguous instances (the data's own ``ambiguous`` flag) and by reason;
-- on the instances the teacher classifies right / wrong (Faster R-CNN: its box head's best
-  foreground class on the GT box; RetinaNet: its classification head at the anchor of highest
-  IoU with the box) -- the soft labels the response term would pass on;
+- on the instances the teacher classifies right / wrong (``probe_data.own_view``: Faster R-CNN,
+  its box head's best foreground class on the GT box; RetinaNet, its classification head at the
+  anchor of highest IoU with the box) -- the soft labels the response term would pass on;
 - ``auc_ambiguous`` / ``auc_teacher_wrong``: the probability that a random ambiguous (teacher-
   wrong) instance gets a lower weight than a random clear (teacher-right) one (0.5: the weights
   do not tell them apart; 1: every noisy instance below every clean one);
@@ -34,11 +34,12 @@ import sys
 import numpy as np
 import torch
 from detectron2.data import DatasetCatalog
-from detectron2.structures import Boxes, pairwise_iou
+from detectron2.structures import Boxes
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import RESULTS, load_cfg, machine  # noqa: E402
 from probe_common import validation_inputs  # noqa: E402
+from probe_data import own_view  # noqa: E402
 from replica import DATASETS, data_opts  # noqa: E402
 
 from gkd_d2 import DistillationCheckpointer, DistillTrainer  # noqa: E402
@@ -72,29 +73,6 @@ def auc(low, high):
     return float(lt + 0.5 * eq)
 
 
-@torch.no_grad()
-def teacher_predictions(model, inputs, boxes, step):
-    """(N,) the teacher's own class for each GT box (see the module docstring)."""
-    teacher, out = model.teacher, []
-    heads = getattr(teacher, "roi_heads", None)
-    for s in range(0, len(inputs), step):
-        images = teacher.preprocess_image(inputs[s : s + step])
-        feats = teacher.backbone(images.tensor)
-        bx = [Boxes(b) for b in boxes[s : s + step]]
-        if heads is not None:
-            x = heads.box_head(heads.box_pooler([feats[f] for f in heads.box_in_features], bx))
-            out.append(heads.box_predictor(x)[0][:, :-1].argmax(1))
-            continue
-        levels = [feats[f] for f in teacher.head_in_features]
-        anchors = Boxes.cat(teacher.anchor_generator(levels))
-        logits = torch.cat([x.permute(0, 2, 3, 1).reshape(x.shape[0], -1, teacher.num_classes)
-                            for x in teacher.head(levels)[0]], dim=1)
-        for i, b in enumerate(bx):
-            best = pairwise_iou(b, anchors).argmax(1)
-            out.append(logits[i, best].argmax(1))
-    return torch.cat(out)
-
-
 def main():
     args = parse_args()
     out = args.output or os.path.join("output", "replica", "shapes", args.detector)
@@ -121,18 +99,19 @@ def main():
     levels = assign_level_index([Boxes(b) for b in boxes], *model.student_family.level_range)
     step = int(cfg.DISTILL.PGM.BATCH_SIZE)
 
+    chunks = range(0, len(inputs), step)
+    chunk_levels = torch.split(levels, [sum(len(b) for b in boxes[s : s + step]) for s in chunks])
+
     def pooled(features_fn):
         """(N, D) every instance pooled at its assigned level, as in training."""
-        out = []
-        for s in range(0, len(inputs), step):
-            chunk = boxes[s : s + step]
-            index = assign_level_index([Boxes(b) for b in chunk], *model.student_family.level_range)
-            feats = features_fn(inputs[s : s + step])
-            out.append(pool_instances(feats, model.instance_levels, model.strides, chunk, index, model.instance_pooling))
-        return torch.cat(out)
+        return torch.cat([
+            pool_instances(features_fn(inputs[s : s + step]), model.instance_levels, model.strides,
+                           boxes[s : s + step], index, model.instance_pooling)
+            for s, index in zip(chunks, chunk_levels)
+        ])
 
     x_t = pooled(model.teacher_features)
-    right = teacher_predictions(model, inputs, boxes, step) == classes
+    right = own_view(model.teacher, inputs, boxes, step)[0] == classes  # the teacher's own class per box
     print(f"{len(classes)} instances ({int(amb.sum())} ambiguous), teacher right on "
           f"{float(right[~amb].float().mean()):.2f} clear / {float(right[amb].float().mean()):.2f} ambiguous",
           flush=True)
