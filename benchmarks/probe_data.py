@@ -56,7 +56,7 @@ from probe_global import ncm  # noqa: E402
 from quality import CONFIGS, METRICS, schedule, train_eval  # noqa: E402
 
 from gkd_d2 import DistillationCheckpointer, DistillTrainer  # noqa: E402
-from gkd_d2.data.builtin import register_datasets_from_cfg  # noqa: E402
+from gkd_d2.data.builtin import generated_dataset_opts, register_datasets_from_cfg  # noqa: E402
 from gkd_d2.data.shapes import AMBIGUITY_REASONS, SHAPES_CLASSES  # noqa: E402
 from gkd_d2.pooling import pool_instances  # noqa: E402
 
@@ -83,12 +83,9 @@ def parse_args():
 
 def teacher_cfg(args):
     out = os.path.join(args.output, args.detector, "teacher")
-    n = str(len(SHAPES_CLASSES))
     opts = [
         "MODEL.DEVICE", args.device, "DATALOADER.NUM_WORKERS", str(args.workers),
-        "MODEL.RETINANET.NUM_CLASSES", n, "MODEL.ROI_HEADS.NUM_CLASSES", n,
-        "DATASETS.TRAIN", "('gkd_shapes_train',)", "DATASETS.TEST", "('gkd_shapes_val',)",
-        "DATASETS.SHAPES.ROOT", os.path.join(args.output, "data"),
+        *generated_dataset_opts("shapes", root=os.path.join(args.output, "data")),
         "DATASETS.SHAPES.NUM_TRAIN", str(args.num_train), "DATASETS.SHAPES.NUM_VAL", str(args.num_val),
         "DATASETS.SHAPES.IMAGE_SIZE", str(args.image_size), "OUTPUT_DIR", out,
     ]

@@ -39,18 +39,11 @@ from common import RESULTS, load_cfg, machine  # noqa: E402
 from quality import METHODS, METRICS, save, train_eval  # noqa: E402
 
 from gkd_d2.config import DEMO_CONFIGS  # noqa: E402
-from gkd_d2.data.builtin import register_datasets_from_cfg  # noqa: E402
-from gkd_d2.data.shapes import SHAPES_CLASSES  # noqa: E402
-from gkd_d2.data.synthetic import SYNTHETIC_CLASSES  # noqa: E402
-
-CLASSES = {"synth": SYNTHETIC_CLASSES, "shapes": SHAPES_CLASSES}
+from gkd_d2.data.builtin import GENERATED_DATASETS, generated_dataset_opts, register_datasets_from_cfg  # noqa: E402
 
 ROWS = ["student-finetune"] + list(METHODS)
 KEY = ("detector", "dataset", "method", "seed", "device")
-DATASETS = {  # --dataset -> (config node, train name, val name)
-    "synth": ("SYNTHETIC", "gkd_synth_train", "gkd_synth_val"),
-    "shapes": ("SHAPES", "gkd_shapes_train", "gkd_shapes_val"),
-}
+DATASETS = GENERATED_DATASETS  # --dataset -> (config node, train name, val name, classes)
 
 
 def schedule(iters, ims, lr, warmup_frac, steps=(0.75, 0.92)):
@@ -80,14 +73,9 @@ def finished(path, record):
 def data_opts(dataset, device, workers):
     """Config overrides every replica run shares: the device, the ``dataset``'s splits under
     ``output/replica/<dataset>/data`` and its number of classes (student and teacher)."""
-    node, train_name, val_name = DATASETS[dataset]
-    n = str(len(CLASSES[dataset]))
-    classes = ["MODEL.RETINANET.NUM_CLASSES", n, "MODEL.ROI_HEADS.NUM_CLASSES", n, "MODEL.FCOS.NUM_CLASSES", n]
     return [
         "MODEL.DEVICE", device, "DATALOADER.NUM_WORKERS", str(workers),
-        "DATASETS.TRAIN", f"('{train_name}',)", "DATASETS.TEST", f"('{val_name}',)",
-        f"DATASETS.{node}.ROOT", os.path.join("output", "replica", dataset, "data"),
-        *classes, "DISTILL.TEACHER.OPTS", str(classes),
+        *generated_dataset_opts(dataset, root=os.path.join("output", "replica", dataset, "data")),
     ]
 
 

@@ -218,3 +218,21 @@ def test_damaged_files_are_regenerated_and_intact_ones_reused(tmp_path):
     (root / "notes.txt").write_text("not generated")
     with pytest.raises(RuntimeError, match="refusing"):
         register_shapes_dataset(name(), root, 6, image_size=64, seed=2)
+
+
+@pytest.mark.parametrize("detector", ["faster_rcnn", "retinanet", "fcos"])
+def test_generated_dataset_opts_point_student_and_teacher_at_the_data(detector):
+    """tools/demo.py --dataset and benchmarks/replica.py --dataset: the demo configs (5 classes
+    of the synthetic data) switched to the ten shapes classes for the student and the teacher."""
+    from gkd_d2.config import DEMO_CONFIGS, load_config
+    from gkd_d2.data.builtin import generated_dataset_opts
+    from gkd_d2.teacher import build_teacher_cfg
+
+    cfg = load_config(DEMO_CONFIGS[detector][2], generated_dataset_opts("shapes", root="/tmp/x"))
+    heads = {"faster_rcnn": "ROI_HEADS", "retinanet": "RETINANET", "fcos": "FCOS"}[detector]
+    assert cfg.MODEL[heads].NUM_CLASSES == build_teacher_cfg(cfg).MODEL[heads].NUM_CLASSES == len(SHAPES_CLASSES)
+    assert (cfg.DATASETS.TRAIN, cfg.DATASETS.TEST, cfg.DATASETS.SHAPES.ROOT) == (
+        ("gkd_shapes_train",), ("gkd_shapes_val",), "/tmp/x"
+    )
+    with pytest.raises(ValueError, match="unknown generated dataset 'coco'"):
+        generated_dataset_opts("coco")

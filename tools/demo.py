@@ -2,7 +2,8 @@
 """The gkd_d2 demo, on CPU in minutes, in the paper's regime: distillation fine-tunes a student
 that is already trained on the task, and is compared with the same fine-tuning without it.
 
-1. generates the synthetic "ambiguous instances" dataset (COCO json + PNG images);
+1. generates the "shapes" dataset (COCO json + PNG images; ``--dataset synth``: the harder
+   "ambiguous instances" data);
 2. trains a small teacher (ResNet-34 FPN) from scratch;
 3. trains the student (ResNet-18 FPN, 64 channels) alone: the trained student;
 4. fine-tunes that student alone for ``--finetune-iters`` (the fair control);
@@ -10,21 +11,22 @@ that is already trained on the task, and is compared with the same fine-tuning w
    terms, gkd_d2's default options, prototypes regenerated every epoch);
 6. evaluates the four with Detectron2's COCOEvaluator and prints one table.
 
-    python tools/demo.py                        # RetinaNet (the fastest to train on a CPU)
-    python tools/demo.py --detector faster_rcnn
-    python tools/demo.py --iters 2000 --teacher-iters 3000   # longer: higher AP
+    python tools/demo.py                        # Faster R-CNN
+    python tools/demo.py --detector retinanet
+    python tools/demo.py --teacher-iters 2400 --iters 1200 --finetune-iters 1200   # the replica's lengths
 
 Everything is trained from scratch (no ImageNet weights here), so absolute APs after a few
-minutes of CPU training are low. The training set is large (2000 images) because with a few
-hundred images from-scratch detectors memorise them (AP 13.5 on the training images, 1.6 on
-validation).
+minutes of CPU training are low, and the teacher, trained for minutes too, knows the classes
+only a little better than the student: the demo shows the pipeline, ``benchmarks/replica.py``
+measures the gain (teachers trained for hours, several seeds).
 
 Each stage is an ordinary ``tools/train_net.py`` run of a config in ``configs/Demo`` (the
 commands are printed), so a stage that already finished is reused unless ``--retrain``.
-Each stage runs in its own process with its log in ``<OUTPUT_DIR>/log.txt``. The teacher and
-the student train one after the other with all ``--threads``; the two fine-tunings, which take
-about as long as each other, train side by side with ``--threads / 2`` each (``--jobs 1``: one
-after the other).
+Each stage runs in its own process with its log in ``<OUTPUT_DIR>/log.txt``. With ``--jobs 2``
+(the default on two or more cores) the teacher trains on half the threads while the student,
+then its fine-tuning alone, train on the other half (the control's unused teacher is the
+trained student, so it need not wait for the teacher); the fine-tuning with global knowledge,
+which needs both, then takes every thread. ``--jobs 1``: one stage after the other.
 """
 import argparse
 import json
@@ -40,7 +42,7 @@ from detectron2.utils.logger import setup_logger
 
 from gkd_d2 import DistillationCheckpointer, DistillTrainer
 from gkd_d2.config import DEMO_CONFIGS, load_config
-from gkd_d2.data.builtin import register_datasets_from_cfg
+from gkd_d2.data.builtin import GENERATED_DATASETS, generated_dataset_opts, register_datasets_from_cfg
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
@@ -114,8 +116,12 @@ def main():
     parser.add_argument("--finetune-iters", type=int, default=300,
                         help="iterations of both fine-tunings of the trained student (alone / distilled)")
     parser.add_argument("--teacher-iters", type=int, default=1200)
-    parser.add_argument("--num-train", type=int, default=2000, help="synthetic training images")
-    parser.add_argument("--num-val", type=int, default=200, help="synthetic validation images")
+    parser.add_argument("--dataset", choices=sorted(GENERATED_DATASETS), default="shapes",
+                        help="the generated data: 'shapes' (ten classes a small detector learns, a minority of "
+                             "ambiguous instances; gkd_d2/data/shapes.py) or 'synth' (ambiguous instances, "
+                             "hard for every detector; gkd_d2/data/synthetic.py)")
+    parser.add_argument("--num-train", type=int, default=2000, help="generated training images")
+    parser.add_argument("--num-val", type=int, default=200, help="generated validation images")
     parser.add_argument("--output", default="output/demo")
     parser.add_argument("--retrain", action="store_true", help="ignore finished stages")
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="threads in all")
@@ -129,57 +135,71 @@ def main():
 
     teacher_yaml, student_yaml, gkd_yaml = DEMO_CONFIGS[args.detector]
     out = os.path.join(args.output, args.detector)
-    common = [  # every stage: the data and the seed
-        "DATASETS.SYNTHETIC.NUM_TRAIN", str(args.num_train),
-        "DATASETS.SYNTHETIC.NUM_VAL", str(args.num_val),
+    node = GENERATED_DATASETS[args.dataset][0]
+    common = generated_dataset_opts(args.dataset) + [  # every stage: the data and the seed
+        f"DATASETS.{node}.NUM_TRAIN", str(args.num_train),
+        f"DATASETS.{node}.NUM_VAL", str(args.num_val),
         "SEED", str(args.seed),
     ]
     teacher_dir, student_dir = os.path.join(out, "teacher"), os.path.join(out, "student")
-    finetune = finetune_schedule(args.finetune_iters) + [
-        "MODEL.WEIGHTS", os.path.join(student_dir, "model_final.pth"),
-        "DISTILL.TEACHER.WEIGHTS", os.path.join(teacher_dir, "model_final.pth"),
-    ]
-    stages = [  # (name, config, overrides)
-        ("teacher", teacher_yaml, schedule(args.teacher_iters) + ["OUTPUT_DIR", teacher_dir]),
-        ("trained student", student_yaml, schedule(args.iters) + ["OUTPUT_DIR", student_dir]),
-        (  # the control: the same wrapper and schedule without any knowledge term
-            FINETUNE_ALONE,
-            gkd_yaml,
-            finetune + ["OUTPUT_DIR", os.path.join(out, "finetune"), "DISTILL.KNOWLEDGE", "[]",
-                        "DISTILL.PGM.ENABLED", "False"],
-        ),
-        (FINETUNE_GKD, gkd_yaml, finetune + ["OUTPUT_DIR", os.path.join(out, "gkd")]),
-    ]
+    student_weights = os.path.join(student_dir, "model_final.pth")
+    finetune = finetune_schedule(args.finetune_iters) + ["MODEL.WEIGHTS", student_weights]
+    teacher = ("teacher", teacher_yaml, schedule(args.teacher_iters) + ["OUTPUT_DIR", teacher_dir])
+    student = ("trained student", student_yaml, schedule(args.iters) + ["OUTPUT_DIR", student_dir])
+    # The fair control: the same wrapper (frozen student BatchNorm), schedule and seed, without any
+    # knowledge term. Its teacher is never run, so the trained student stands in for it: the
+    # control can start before the teacher has finished.
+    control = (FINETUNE_ALONE, gkd_yaml, finetune + [
+        "OUTPUT_DIR", os.path.join(out, "finetune"), "DISTILL.KNOWLEDGE", "[]", "DISTILL.PGM.ENABLED", "False",
+        "DISTILL.TEACHER.CONFIG_FILE", student_yaml, "DISTILL.TEACHER.WEIGHTS", student_weights,
+    ])
+    distilled = (FINETUNE_GKD, gkd_yaml, finetune + [
+        "OUTPUT_DIR", os.path.join(out, "gkd"), "DISTILL.TEACHER.WEIGHTS", os.path.join(teacher_dir, "model_final.pth"),
+    ])
     register_datasets_from_cfg(load_cfg(teacher_yaml, common))  # generates the data, once
-    # stages trained at once: the teacher, then the student, then the two fine-tunings
-    groups = [stages[:1], stages[1:2]] + ([stages[2:]] if args.jobs == 2 else [stages[2:3], stages[3:]])
-    table = {}
+    table, seconds = {}, {}
     start = time.perf_counter()
     spawn = multiprocessing.get_context("spawn")  # a fresh interpreter: no inherited thread pools
-    with ProcessPoolExecutor(max_workers=args.jobs, mp_context=spawn) as pool:
-        for group in groups:  # the fine-tunings need the teacher and the student
-            threads = max(1, args.threads // len(group))
-            running = {}
-            for name, yaml, opts in group:
-                opts = common + opts
-                cfg = load_cfg(yaml, opts)
-                log = os.path.join(cfg.OUTPUT_DIR, "log.txt")
-                print(
-                    f"\n[demo] {len(table) + len(running) + 1}/{len(stages)} {name}: "
-                    f"{cfg.SOLVER.MAX_ITER} iterations, {threads} thread(s), log in {log} "
-                    f"({time.perf_counter() - start:.0f} s so far)\n"
-                    f"[demo]   = python tools/train_net.py --config-file {yaml} {' '.join(opts)}",
-                    flush=True,
-                )
-                running[name] = (pool.submit(run_stage, yaml, opts, args.retrain, threads), log)
-            for name, (future, log) in running.items():
-                try:
-                    table[name] = future.result()
-                except Exception as e:
-                    sys.exit(f"[demo] {name} failed ({type(e).__name__}: {e}); its log: {log}")
-                print(f"[demo] {name}: AP {table[name]['AP']:.1f} "
-                      f"({time.perf_counter() - start:.0f} s so far)", flush=True)
 
+    with ProcessPoolExecutor(max_workers=args.jobs, mp_context=spawn) as pool:
+
+        def launch(stage, threads):
+            name, yaml, opts = stage
+            opts = common + opts
+            cfg = load_cfg(yaml, opts)
+            log = os.path.join(cfg.OUTPUT_DIR, "log.txt")
+            print(
+                f"\n[demo] {name}: {cfg.SOLVER.MAX_ITER} iterations, {threads} thread(s), log in {log} "
+                f"({time.perf_counter() - start:.0f} s so far)\n"
+                f"[demo]   = python tools/train_net.py --config-file {yaml} {' '.join(opts)}",
+                flush=True,
+            )
+            return name, log, time.perf_counter(), pool.submit(run_stage, yaml, opts, args.retrain, threads)
+
+        def finish(launched):
+            name, log, began, future = launched
+            try:
+                table[name] = future.result()
+            except Exception as e:
+                sys.exit(f"[demo] {name} failed ({type(e).__name__}: {e}); its log: {log}")
+            seconds[name] = time.perf_counter() - began
+            print(f"[demo] {name}: AP {table[name]['AP']:.1f} in {seconds[name]:.0f} s "
+                  f"({time.perf_counter() - start:.0f} s so far)", flush=True)
+
+        if args.jobs == 2:  # the teacher on one core; the student, then its fine-tuning alone, on the other
+            half = max(1, args.threads // 2)
+            running_teacher, running_student = launch(teacher, half), launch(student, half)
+            finish(running_student)
+            running_control = launch(control, half)
+            finish(running_teacher)
+            finish(running_control)
+        else:
+            for stage in (teacher, student, control):
+                finish(launch(stage, args.threads))
+        finish(launch(distilled, args.threads))  # needs the teacher and the student: every thread
+
+    order = [teacher[0], student[0], FINETUNE_ALONE, FINETUNE_GKD]
+    table = {name: table[name] for name in order}
     header = f"{'model':<28}{'params':>8}" + "".join(f"{m:>7}" for m in METRICS)
     lines = [header, "-" * len(header)]
     for name, r in table.items():
@@ -190,9 +210,9 @@ def main():
     lines.append(f"\ndistillation gain: {gain:+.1f} AP over the student fine-tuned alone "
                  f"({time.perf_counter() - start:.0f} s in all, {args.detector})")
     report = "\n".join(lines)
-    print(f"\n[demo] COCO box AP on {args.num_val} synthetic validation images\n{report}")
+    print(f"\n[demo] COCO box AP on {args.num_val} validation images of the '{args.dataset}' data\n{report}")
     with open(os.path.join(out, "results.json"), "w") as f:
-        json.dump(table, f, indent=2)
+        json.dump({name: {**row, "seconds": seconds[name]} for name, row in table.items()}, f, indent=2)
 
 
 if __name__ == "__main__":

@@ -2,9 +2,9 @@
 COCO-format datasets listed in ``DATASETS.COCO_JSON``."""
 import os
 
-from .shapes import register_shapes_dataset
+from .shapes import SHAPES_CLASSES, register_shapes_dataset
 from .generated import load_coco_json_checked
-from .synthetic import register_synthetic_dataset
+from .synthetic import SYNTHETIC_CLASSES, register_synthetic_dataset
 
 #: dataset name -> (config key of its size, seed offset, sub-folder)
 SYNTHETIC_SPLITS = {
@@ -16,6 +16,29 @@ SHAPES_SPLITS = {
     "gkd_shapes_train": ("NUM_TRAIN", 0, "train"),
     "gkd_shapes_val": ("NUM_VAL", 1000, "val"),
 }
+#: the generated datasets a demo config can train on: key -> (config node, train name, val name,
+#: classes); ``tools/demo.py --dataset`` and ``benchmarks/replica.py --dataset`` take the keys
+GENERATED_DATASETS = {
+    "synth": ("SYNTHETIC", "gkd_synth_train", "gkd_synth_val", SYNTHETIC_CLASSES),
+    "shapes": ("SHAPES", "gkd_shapes_train", "gkd_shapes_val", SHAPES_CLASSES),
+}
+
+
+def generated_dataset_opts(dataset, root=None):
+    """Config overrides (a flat ``[KEY, VALUE, ...]`` list for ``merge_from_list`` or
+    ``tools/train_net.py``) that point a ``configs/Demo`` config at the generated ``dataset``
+    (a key of :data:`GENERATED_DATASETS`): its train / val splits, generated under ``root``
+    (default: the config's ``DATASETS.<node>.ROOT``), and its number of classes for every
+    detector family, in the student's config and in the teacher's (``DISTILL.TEACHER.OPTS``)."""
+    if dataset not in GENERATED_DATASETS:
+        raise ValueError(f"unknown generated dataset '{dataset}' (one of {sorted(GENERATED_DATASETS)})")
+    node, train_name, val_name, classes = GENERATED_DATASETS[dataset]
+    n = str(len(classes))
+    num_classes = ["MODEL.RETINANET.NUM_CLASSES", n, "MODEL.ROI_HEADS.NUM_CLASSES", n, "MODEL.FCOS.NUM_CLASSES", n]
+    opts = ["DATASETS.TRAIN", f"('{train_name}',)", "DATASETS.TEST", f"('{val_name}',)"]
+    if root:
+        opts += [f"DATASETS.{node}.ROOT", root]
+    return opts + num_classes + ["DISTILL.TEACHER.OPTS", str(num_classes)]
 
 
 def coco_json_datasets(cfg):
