@@ -138,6 +138,9 @@ def main():
     args = parser.parse_args()
     if args.jobs not in (1, 2) or args.threads < 1:
         parser.error(f"--jobs must be 1 or 2 (got {args.jobs}), --threads at least 1 (got {args.threads})")
+    short = {k: v for k, v in vars(args).items() if k.endswith("iters") and v < 10}
+    if short:  # fewer leave the learning-rate steps of the schedules on top of each other
+        parser.error(f"every schedule needs at least 10 iterations (got {short})")
     setup_logger(name="gkd_d2")
 
     teacher_yaml, student_yaml, gkd_yaml = DEMO_CONFIGS[args.detector]
@@ -158,10 +161,11 @@ def main():
     # control can start before the teacher has finished.
     control = (FINETUNE_ALONE, gkd_yaml, finetune + [
         "OUTPUT_DIR", os.path.join(out, "finetune"), "DISTILL.KNOWLEDGE", "[]", "DISTILL.PGM.ENABLED", "False",
-        "DISTILL.TEACHER.CONFIG_FILE", student_yaml, "DISTILL.TEACHER.WEIGHTS", student_weights,
+        "DISTILL.TEACHER.CONFIG_FILE", os.path.join(ROOT, student_yaml), "DISTILL.TEACHER.WEIGHTS", student_weights,
     ])
     distilled = (FINETUNE_GKD, gkd_yaml, finetune + [
-        "OUTPUT_DIR", os.path.join(out, "gkd"), "DISTILL.TEACHER.WEIGHTS", os.path.join(teacher_dir, "model_final.pth"),
+        "OUTPUT_DIR", os.path.join(out, "gkd"), "DISTILL.TEACHER.CONFIG_FILE", os.path.join(ROOT, teacher_yaml),
+        "DISTILL.TEACHER.WEIGHTS", os.path.join(teacher_dir, "model_final.pth"),
     ])
     register_datasets_from_cfg(load_cfg(teacher_yaml, common))  # generates the data, once
     table = {}
