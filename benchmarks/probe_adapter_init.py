@@ -31,11 +31,11 @@ from detectron2.utils.events import EventStorage
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import RESULTS, load_cfg, machine  # noqa: E402
 from quality import save  # noqa: E402
-from replica import DATASETS, data_opts  # noqa: E402
+from replica import data_opts  # noqa: E402
 
 from gkd_d2 import DistillTrainer  # noqa: E402
 from gkd_d2.config import DEMO_CONFIGS  # noqa: E402
-from gkd_d2.data.builtin import register_datasets_from_cfg  # noqa: E402
+from gkd_d2.data.builtin import GENERATED_DATASETS, register_datasets_from_cfg  # noqa: E402
 from gkd_d2.knowledge.adapters import init_adapter  # noqa: E402
 from gkd_d2.prototypes.refresh import PrototypeRefreshHook  # noqa: E402
 
@@ -76,7 +76,7 @@ def feature_rms(model, batches):
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--detector", choices=sorted(DEMO_CONFIGS), default="retinanet")
-    p.add_argument("--dataset", choices=sorted(DATASETS), default="shapes")
+    p.add_argument("--dataset", choices=sorted(GENERATED_DATASETS), default="shapes")
     p.add_argument("--teacher-weights", required=True)
     p.add_argument("--student-weights", required=True)
     p.add_argument("--batches", type=int, default=4)

@@ -40,11 +40,11 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import RESULTS, load_cfg, machine  # noqa: E402
 from probe_common import validation_inputs  # noqa: E402
 from probe_data import own_view  # noqa: E402
-from replica import DATASETS, data_opts  # noqa: E402
+from replica import data_opts  # noqa: E402
 
 from gkd_d2 import DistillationCheckpointer, DistillTrainer  # noqa: E402
 from gkd_d2.config import DEMO_CONFIGS  # noqa: E402
-from gkd_d2.data.builtin import register_datasets_from_cfg  # noqa: E402
+from gkd_d2.data.builtin import GENERATED_DATASETS, register_datasets_from_cfg  # noqa: E402
 from gkd_d2.pooling import assign_level_index, pool_instances  # noqa: E402
 from gkd_d2.prototypes import PrototypeRefresher  # noqa: E402
 
@@ -81,7 +81,7 @@ def main():
                if not os.path.isfile(w)]
     if missing:
         sys.exit("probe_robust: no such checkpoint: " + ", ".join(missing))
-    node = DATASETS["shapes"][0]
+    node = GENERATED_DATASETS["shapes"][0]
     cfg = load_cfg(DEMO_CONFIGS[args.detector][2], data_opts("shapes", "cpu", 0) + [
         f"DATASETS.{node}.NUM_TRAIN", str(args.num_train), f"DATASETS.{node}.NUM_VAL", str(args.num_val),
         f"DATASETS.{node}.IMAGE_SIZE", str(args.image_size), "DISTILL.TEACHER.WEIGHTS", teacher_w,

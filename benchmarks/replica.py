@@ -43,7 +43,6 @@ from gkd_d2.data.builtin import GENERATED_DATASETS, generated_dataset_opts, regi
 
 ROWS = ["student-finetune"] + list(METHODS)
 KEY = ("detector", "dataset", "method", "seed", "device")
-DATASETS = GENERATED_DATASETS  # --dataset -> (config node, train name, val name, classes)
 
 
 def schedule(iters, ims, lr, warmup_frac, steps=(0.75, 0.92)):
@@ -118,7 +117,7 @@ def reuse_teacher(weights, yaml, opts, iters, args, base, path, source):
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--detector", choices=sorted(DEMO_CONFIGS), default="retinanet")
-    p.add_argument("--dataset", choices=sorted(DATASETS), default="synth")
+    p.add_argument("--dataset", choices=sorted(GENERATED_DATASETS), default="synth")
     p.add_argument("--device", default="cpu")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--rows", nargs="+", default=["student-finetune", "gkd"], choices=ROWS)
@@ -152,7 +151,7 @@ def main():
     logging.getLogger("detectron2").setLevel(logging.INFO)
 
     teacher_yaml, student_yaml, gkd_yaml = DEMO_CONFIGS[args.detector]
-    node = DATASETS[args.dataset][0]
+    node = GENERATED_DATASETS[args.dataset][0]
     common = data_opts(args.dataset, args.device, args.workers) + [
         f"DATASETS.{node}.NUM_TRAIN", str(args.num_train), f"DATASETS.{node}.NUM_VAL", str(args.num_val),
         f"DATASETS.{node}.IMAGE_SIZE", str(args.image_size),
