@@ -16,7 +16,9 @@ same schedule without distillation (``student-finetune``, the fair control).
    most of the run, ``benchmarks/NOTES.md``) with the same schedule (warm-up 5%, steps at 2/3
    and 11/12, as the paper's 500 / 16 / 22 of 24 epochs); ``student-finetune`` has no knowledge term (``DISTILL.KNOWLEDGE []``, the same
    wrapper, the same frozen BatchNorm), the others have the gkd_d2 defaults except the terms
-   of their row (``quality.METHODS``) and ``--opts``.
+   of their row (``quality.METHODS``) and ``--opts``; ``--student-weights`` starts them from
+   another student instead (a second round from a control's exported student, to see whether
+   the student has reached its plateau and whether distillation still helps there).
 
 Records go to ``benchmarks/results/quality_finetune.json``, one per (detector, dataset, method,
 seed): ``{detector, dataset, method, seed, AP, AP50, AP75, APs, APm, APl, device, date}`` plus
@@ -143,7 +145,17 @@ def main():
     p.add_argument("--rerun", action="store_true", help="run rows that have a record already")
     p.add_argument("--teacher-weights", default="",
                    help="a teacher already trained with --teacher-iters on this data (e.g. by probe_data.py)")
+    p.add_argument("--student-weights", default="",
+                   help="start every row from this plain Detectron2 student checkpoint instead of the "
+                        "pre-trained student (e.g. a control's student exported with tools/export_student.py, "
+                        "for a second round of fine-tuning); needs its own --schedule-tag, and each record "
+                        "keeps the path as student_weights")
     args = p.parse_args()
+    if args.student_weights and not args.schedule_tag:
+        p.error("--student-weights needs a --schedule-tag of its own: its rows must not share the records "
+                "of the rows that start from the pre-trained student")
+    if args.student_weights and not os.path.isfile(args.student_weights):
+        p.error(f"--student-weights: no such file: {args.student_weights}")
     args.iters = args.iters or args.student_iters
     args.output = args.output or os.path.join("output", "replica", args.dataset, args.detector)
     setup_logger()
@@ -170,6 +182,8 @@ def main():
     student_w = pretrain("student-pretrained", student_yaml,
                          common + schedule(args.student_iters, args.ims_per_batch, args.lr, 0.05),
                          args.student_iters, args, base, path)
+    if args.student_weights:
+        student_w = args.student_weights
     finetune = schedule(args.iters, args.ims_per_batch, args.lr, 0.05, steps=(2 / 3, 11 / 12))
     for seed in args.seeds:
         for row in args.rows:
@@ -196,6 +210,8 @@ def main():
             record = {**record, "iters": args.iters, "train_s": sec, **ap}
             if args.opts and row != "student-finetune":
                 record["opts"] = list(args.opts)
+            if args.student_weights:
+                record["student_weights"] = args.student_weights
             save(record, path, KEY)
             print(name, seed, {k: round(ap[k], 2) for k in METRICS}, f"{sec:.0f}s", flush=True)
 
