@@ -164,6 +164,13 @@ def _interval(d):
     return f"{d[0]:+.2f} [{d[0] - d[1]:+.2f}, {d[0] + d[1]:+.2f}]"
 
 
+def _student_label(weights):
+    """A short name for ``replica.py --student-weights``: the run directory of an exported
+    student (``<run>/exported/model_final.pth``), else the file's path."""
+    parts = weights.split(os.sep)
+    return parts[-3] if len(parts) >= 3 and parts[-2] == "exported" else weights
+
+
 def side_by_side_section(records):
     """Replica v2 per detector with a column per (dataset, teacher): each row's mean AP and its
     paired difference to ``student-finetune`` of that column; then the global term's share.
@@ -180,12 +187,12 @@ def side_by_side_section(records):
     order = ["student-finetune", "gkd", "response", "response+global", "feature+response", "feature", "global",
              "feature+global"]
     for detector, rows in sorted(by_detector.items()):
-        columns = []  # (dataset, teacher tag, schedule tag, teacher AP, {method: {seed: AP}})
+        columns = []  # (dataset, teacher tag, schedule tag, teacher AP, start, {method: {seed: AP}})
         for dataset in sorted({r.get("dataset", "synth") for r in rows}):
             drows = [r for r in rows if r.get("dataset", "synth") == dataset]
             schedules = sorted({r["method"].partition("~")[2] for r in drows})
             for (tag, teacher_ap), schedule in itertools.product(sorted(_teacher_variants(drows).items()), schedules):
-                by_method = collections.defaultdict(dict)
+                by_method, start = collections.defaultdict(dict), None
                 for r in drows:
                     if "opts" in r or r["method"].startswith(("teacher", "student-pretrained")):
                         continue
@@ -194,13 +201,16 @@ def side_by_side_section(records):
                     # the control serves every teacher of its schedule
                     if row_schedule == schedule and (base == "student-finetune" or at + rest == tag):
                         by_method[base][r["seed"]] = r["AP"]
+                        start = start or r.get("student_weights")
                 if len(by_method) > 1:
-                    columns.append((dataset, tag, schedule, teacher_ap, by_method))
+                    columns.append((dataset, tag, schedule, teacher_ap, start, by_method))
         if not columns:
             continue
         student = {r.get("dataset", "synth"): r["AP"] for r in rows if r["method"] == "student-pretrained"}
-        head = [f"`{d}`, teacher{t} {ap:.1f} AP, trained student {student.get(d, float('nan')):.1f} AP"
-                + (f", fine-tuning {sched}" if sched else "") for d, t, sched, ap, _ in columns]
+        head = [f"`{d}`, teacher{t} {ap:.1f} AP, "
+                + (f"student from `{_student_label(start)}`" if start else
+                   f"trained student {student.get(d, float('nan')):.1f} AP")
+                + (f", fine-tuning {sched}" if sched else "") for d, t, sched, ap, start, _ in columns]
         tables = [c[-1] for c in columns]
         methods = [m for m in order if any(m in by_method for by_method in tables)]
         methods += sorted({m for by_method in tables for m in by_method} - set(methods))
