@@ -179,11 +179,9 @@ def main():
                                   path, args.teacher_weights)
     else:
         teacher_w = pretrain("teacher", teacher_yaml, teacher_sched, args.teacher_iters, args, base, path)
-    student_w = pretrain("student-pretrained", student_yaml,
-                         common + schedule(args.student_iters, args.ims_per_batch, args.lr, 0.05),
-                         args.student_iters, args, base, path)
-    if args.student_weights:
-        student_w = args.student_weights
+    student_w = args.student_weights or pretrain(
+        "student-pretrained", student_yaml, common + schedule(args.student_iters, args.ims_per_batch, args.lr, 0.05),
+        args.student_iters, args, base, path)
     finetune = schedule(args.iters, args.ims_per_batch, args.lr, 0.05, steps=(2 / 3, 11 / 12))
     for seed in args.seeds:
         for row in args.rows:
