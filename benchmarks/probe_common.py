@@ -12,7 +12,7 @@ from detectron2.data import DatasetCatalog
 
 from gkd_d2 import DistillTrainer
 from gkd_d2.config import DEMO_CONFIGS
-from gkd_d2.data.builtin import register_datasets_from_cfg
+from gkd_d2.data.builtin import GENERATED_DATASETS, generated_dataset_opts, register_datasets_from_cfg
 from gkd_d2.prototypes.instances import load_test_inputs, sample_instances
 
 
@@ -21,7 +21,10 @@ def probe_parser(doc):
     p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--detector", choices=sorted(DEMO_CONFIGS), default="faster_rcnn")
     p.add_argument("--runs", nargs="+", required=True, help="run folders under <output>/<detector>")
-    p.add_argument("--output", default="output/quality")
+    p.add_argument("--output", default="output/quality",
+                   help="runs under <output>/<detector>, the data under <output>/data (the replica: output/replica/shapes)")
+    p.add_argument("--dataset", choices=sorted(GENERATED_DATASETS), default="synth")
+    p.add_argument("--teacher", default="", help="the teacher's .pth (default <output>/<detector>/teacher/model_final.pth)")
     p.add_argument("--num-train", type=int, default=2000)
     p.add_argument("--num-val", type=int, default=200)
     p.add_argument("--image-size", type=int, default=160)
@@ -31,15 +34,17 @@ def probe_parser(doc):
 def probe_model(args, knowledge, prototypes: bool):
     """(cfg, DistillationDetector in eval mode with the replica's teacher): the runs' students
     and terms are loaded into it one after the other. Gradients are switched off."""
+    check_runs(args)
     torch.set_grad_enabled(False)
     out = os.path.join(args.output, args.detector)
+    node = GENERATED_DATASETS[args.dataset][0]
     cfg = load_cfg(
         DEMO_CONFIGS[args.detector][2],
-        [
-            "MODEL.DEVICE", "cpu", "DATASETS.SYNTHETIC.ROOT", os.path.join(args.output, "data"),
-            "DATASETS.SYNTHETIC.NUM_TRAIN", str(args.num_train), "DATASETS.SYNTHETIC.NUM_VAL", str(args.num_val),
-            "DATASETS.SYNTHETIC.IMAGE_SIZE", str(args.image_size),
-            "DISTILL.TEACHER.WEIGHTS", os.path.join(out, "teacher", "model_final.pth"),
+        ["MODEL.DEVICE", "cpu", *generated_dataset_opts(args.dataset, root=os.path.join(args.output, "data"))]
+        + [
+            f"DATASETS.{node}.NUM_TRAIN", str(args.num_train), f"DATASETS.{node}.NUM_VAL", str(args.num_val),
+            f"DATASETS.{node}.IMAGE_SIZE", str(args.image_size),
+            "DISTILL.TEACHER.WEIGHTS", args.teacher or os.path.join(out, "teacher", "model_final.pth"),
             "DISTILL.PGM.ENABLED", str(prototypes),
         ],
     )
@@ -55,6 +60,17 @@ def validation_inputs(cfg, num_classes, images=None):
     records = sample_instances(val, num_classes, 10**9, 0.0, 0, cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST)
     inputs, boxes = load_test_inputs(records, cfg.INPUT.FORMAT, cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST)
     return records, inputs, boxes
+
+
+def check_runs(args):
+    """Exit with a message naming every ``--runs`` folder (and the teacher) that has no
+    ``model_final.pth``, before any model is built."""
+    out = os.path.join(args.output, args.detector)
+    paths = [args.teacher or os.path.join(out, "teacher", "model_final.pth")]
+    paths += [os.path.join(out, run, "model_final.pth") for run in args.runs]
+    missing = [p for p in paths if not os.path.isfile(p)]
+    if missing:
+        raise SystemExit("no such checkpoint: " + ", ".join(missing))
 
 
 def run_state(args, run):

@@ -4,7 +4,7 @@
     python benchmarks/report.py
 
 Reads ``quality.json`` and ``quality_teacher3600.json`` (records of :mod:`quality`), the
-``probe_*.json`` of :mod:`probe_global`, :mod:`probe_feature`, :mod:`probe_data` and :mod:`probe_robust`, ``speed.json`` (:mod:`bench_cost`),
+``probe_*.json`` of :mod:`probe_global`, :mod:`probe_feature`, :mod:`probe_data`, :mod:`probe_robust` and :mod:`probe_gradients`, ``speed.json`` (:mod:`bench_cost`),
 ``anchor_kl.json`` (:mod:`bench_anchor_kl`), ``pgm_<device>.json`` (:mod:`bench_pgm`) and ``refresh_<detector>_<device>.json``
 (:mod:`bench_refresh`); every table says on what machine and when its figures were measured.
 """
@@ -332,6 +332,22 @@ def probe_sections():
         d = json.load(open(path))
         det = os.path.basename(path)[len("probe_feature_"):-len(".json")]
         levels = [k for k in d["rows"][0] if k != "run"]
+        if all("r2" in r[lv] for r in d["rows"] for lv in levels):  # the replica's runs (adapters without ReLU)
+            lines += [
+                f"### Feature term: how much of the teacher's maps the student reproduces, {det} "
+                "(`benchmarks/probe_feature.py`)",
+                "",
+                f"{d['images']} validation images; {d['machine']['hardware']}, {d['machine']['date']}. Per level: "
+                "mean squared error between the teacher's map and the adapted student's / R^2 (1 - that error over "
+                "the teacher's variance around its channel means).",
+                "",
+                "| run | " + " | ".join(levels) + " |",
+                "|---" * (len(levels) + 1) + "|",
+            ]
+            lines += [f"| {r['run']} | " + " | ".join(f"{r[lv]['mse']:.2f} / {r[lv]['r2']:.2f}" for lv in levels) + " |"
+                      for r in d["rows"]]
+            lines.append("")
+            continue
         lines += [
             f"### Feature term: error a ReLU adapter cannot remove, {det} (`benchmarks/probe_feature.py`)",
             "",
@@ -348,6 +364,34 @@ def probe_sections():
             )
         lines.append("")
     return (["## Probes: why the global and feature terms do not transfer here", ""] + lines) if lines else []
+
+
+def gradient_probe_section():
+    """benchmarks/probe_gradients.py: which way does each term pull the student at the start of fine-tuning?"""
+    lines = []
+    for path in sorted(glob.glob(os.path.join(RESULTS, "probe_gradients_*.json"))):
+        d = json.load(open(path))
+        det = os.path.basename(path)[len("probe_gradients_"):-len(".json")]
+        groups = list(d["params"])
+        lines += [
+            f"### {det}: teacher `{d['teacher']}`, student `{d['student']}`",
+            "",
+            f"Knowledge {', '.join(d['knowledge'])}; {d['batches']} training batches of 4; {d['machine']['hardware']}, "
+            f"{d['machine']['date']}. Per parameter group ({', '.join(f'{g} {n / 1e6:.2f} M' for g, n in d['params'].items())}): "
+            "||g_term|| / ||g_det|| / cosine with g_det on the same batch / cosine of the term's gradient over the "
+            "first half of the batches with the detection gradient over the second half (the detection row: its own "
+            "two halves, the ceiling). `-`: the term does not reach the group.",
+            "",
+            "| term | loss | " + " | ".join(groups) + " |",
+            "|---" * (len(groups) + 2) + "|",
+        ]
+        for term, r in d["terms"].items():
+            cells = ["-" if r[g]["norm_ratio"] == 0 else
+                     f"{r[g]['norm_ratio']:.2f} / {r[g]['cos_same']:+.2f} / {r[g]['cos_heldout']:+.2f}" for g in groups]
+            lines.append(f"| {term} | {r['loss']:.3f} | " + " | ".join(cells) + " |")
+        lines.append("")
+    title = "## Gradients at the start of fine-tuning: which way each term pulls (`probe_gradients.py`)"
+    return ([title, ""] + lines) if lines else []
 
 
 def plot_quality(by_table):
@@ -549,6 +593,10 @@ bash benchmarks/quality_cpu.sh faster_rcnn          # one command per quality ta
 bash benchmarks/quality_cpu.sh faster_rcnn-tests    #   the list is at the head of quality_cpu.sh
 .venv/bin/python benchmarks/probe_global.py --detector faster_rcnn --runs student_s0 global_s0 ...
 .venv/bin/python benchmarks/probe_feature.py --detector faster_rcnn --runs feature_s0 gkd_s0 ...
+.venv/bin/python benchmarks/probe_feature.py --detector faster_rcnn --output output/replica/shapes \\
+    --dataset shapes --runs 'feature~ft1200_s0' 'gkd~ft1200_s0'   # the replica's runs
+.venv/bin/python benchmarks/probe_gradients.py --detector faster_rcnn --batches 32
+.venv/bin/python benchmarks/probe_robust.py --detector faster_rcnn --runs student-pretrained
 .venv/bin/python benchmarks/bench_cost.py            # --device cuda on a GPU; --scale coco
 .venv/bin/python benchmarks/bench_anchor_kl.py       # --device cuda on a GPU
 .venv/bin/python benchmarks/bench_pgm.py             # --device cuda on a GPU
@@ -585,6 +633,7 @@ def main():
     lines += data_probe_section()
     lines += robust_probe_section()
     lines += probe_sections()
+    lines += gradient_probe_section()
     lines += speed_section(load("speed.json"))
     lines += cost_coco_section()
     lines += refresh_coco_section()
