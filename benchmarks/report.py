@@ -332,20 +332,22 @@ def probe_sections():
         d = json.load(open(path))
         det = os.path.basename(path)[len("probe_feature_"):-len(".json")]
         levels = [k for k in d["rows"][0] if k != "run"]
-        if all("r2" in r[lv] for r in d["rows"] for lv in levels):  # the replica's runs (adapters without ReLU)
+        if any("r2_linear" in r[lv] for r in d["rows"] for lv in levels):  # the replica's runs (adapters without ReLU)
             lines += [
-                f"### Feature term: how much of the teacher's maps the student reproduces, {det} "
-                "(`benchmarks/probe_feature.py`)",
+                f"### Feature term: how much of the teacher's maps the student holds, {det} (`benchmarks/probe_feature.py`)",
                 "",
                 f"{d['images']} validation images; {d['machine']['hardware']}, {d['machine']['date']}. Per level: "
-                "mean squared error between the teacher's map and the adapted student's / R^2 (1 - that error over "
-                "the teacher's variance around its channel means).",
+                "mean squared error between the teacher's map and the run's adapted student map / its R^2 (1 - that "
+                "error over the teacher's variance around its channel means) / R^2 of the best 1x1 linear map from the "
+                "student's map, fitted on half the images and measured on the other half (`-`: the run has no adapters).",
                 "",
                 "| run | " + " | ".join(levels) + " |",
                 "|---" * (len(levels) + 1) + "|",
             ]
-            lines += [f"| {r['run']} | " + " | ".join(f"{r[lv]['mse']:.2f} / {r[lv]['r2']:.2f}" for lv in levels) + " |"
-                      for r in d["rows"]]
+            for r in d["rows"]:
+                cells = [(f"{r[lv]['mse']:.2f} / {r[lv]['r2']:.2f}" if "r2" in r[lv] else "- / -")
+                         + f" / {r[lv]['r2_linear']:.2f}" for lv in levels]
+                lines.append(f"| {r['run']} | " + " | ".join(cells) + " |")
             lines.append("")
             continue
         lines += [

@@ -1,4 +1,4 @@
-"""The measurements of ``benchmarks/probe_global.py`` and ``probe_robust.py`` on hand-made values."""
+"""The measurements of the probes in ``benchmarks/`` (global, robust, gradients, feature) on hand-made values."""
 import os
 import sys
 
@@ -52,3 +52,46 @@ def test_robust_weight_auc_counts_pairs_and_ties():
     # pairs (0.5 vs 0.4, 0.5 vs 0.5, 0.5 vs 0.9) -> 0 + 0.5 + 1 over 3
     assert probe_robust.auc(torch.tensor([0.5]), torch.tensor([0.4, 0.5, 0.9])) == pytest.approx(0.5)
     assert probe_robust.auc(torch.tensor([]), high) != probe_robust.auc(torch.tensor([]), high)  # nan
+
+
+def test_gradient_probe_groups_cosines_and_unreached_parameters():
+    import probe_gradients
+
+    assert [probe_gradients.group_of(n) for n in ("backbone.bottom_up.stem.conv1.weight", "backbone.fpn_lateral2.weight",
+                                                  "roi_heads.box_predictor.cls_score.weight", "head.cls_score.bias")] \
+        == ["bottom_up", "fpn", "heads", "heads"]
+    assert probe_gradients.cosine(torch.tensor([1.0, 0.0]), torch.tensor([1.0, 1.0])) == pytest.approx(2 ** -0.5)
+    assert probe_gradients.cosine(torch.tensor([1.0, 2.0]), torch.tensor([-2.0, -4.0])) == pytest.approx(-1.0)
+    assert probe_gradients.cosine(torch.zeros(2), torch.ones(2)) != probe_gradients.cosine(torch.zeros(2), torch.ones(2))
+    a, b = torch.nn.Parameter(torch.tensor([1.0, 2.0])), torch.nn.Parameter(torch.tensor([3.0]))
+    g = probe_gradients.flat_grads((a ** 2).sum(), [a, b])  # b does not reach the loss: zeros, not an error
+    assert torch.equal(g, torch.tensor([2.0, 4.0, 0.0]))
+
+
+class _Maps:
+    """A stand-in for the distillation model: fixed student / teacher maps per image."""
+
+    def __init__(self, student, teacher):
+        self.s, self.t = student, teacher
+
+    def student_features(self, batch):
+        return {"p2": torch.stack([self.s[i] for i in batch])}
+
+    def teacher_features(self, batch):
+        return {"p2": torch.stack([self.t[i] for i in batch])}
+
+
+def test_linear_r2_is_one_for_a_linear_teacher_and_near_zero_for_noise():
+    import probe_feature
+
+    g = torch.Generator().manual_seed(0)
+    student = torch.randn(16, 3, 6, 6, generator=g)  # 16 images, C_S = 3
+    mix, bias = torch.randn(4, 3, generator=g), torch.randn(4, generator=g)
+    linear = torch.einsum("ts,nshw->nthw", mix, student) + bias[None, :, None, None]  # C_T = 4
+    r2 = probe_feature.linear_r2(_Maps(student, linear), list(range(16)), ["p2"], step=4)["p2"]
+    assert r2 == pytest.approx(1.0, abs=1e-3)
+    noise = torch.randn(16, 4, 6, 6, generator=g)
+    r2 = probe_feature.linear_r2(_Maps(student, noise), list(range(16)), ["p2"], step=4)["p2"]
+    assert -0.1 < r2 < 0.05  # nothing to read: no better than the channel means
+    s1, s2 = torch.tensor([2.0, 0.0]), torch.tensor([2.0, 8.0])  # channel 0: 1, 1 (var 0); channel 1: 2, -2 (var 4)
+    assert probe_feature.per_channel_variance(s1, s2, 2) == pytest.approx(2.0)
