@@ -31,6 +31,40 @@ def probe_parser(doc):
     return p
 
 
+def replica_probe_parser(doc):
+    """The command line of the probes of a trained pair of ``replica.py`` (shapes data):
+    --detector, --output (default output/replica/shapes/<detector>), --teacher, the data sizes
+    replica.py ran with, and --results."""
+    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--detector", choices=sorted(DEMO_CONFIGS), default="faster_rcnn")
+    p.add_argument("--output", default="", help="default output/replica/shapes/<detector>")
+    p.add_argument("--teacher", default="teacher", help="the teacher's folder under --output, or a .pth path")
+    p.add_argument("--num-train", type=int, default=2000)
+    p.add_argument("--num-val", type=int, default=200)
+    p.add_argument("--image-size", type=int, default=160)
+    p.add_argument("--results", default="", help="default benchmarks/results/<probe>_<detector>.json")
+    return p
+
+
+def replica_weights(out, name):
+    """A run folder under ``out`` (its model_final.pth) or a .pth path as given."""
+    return name if name.endswith(".pth") else os.path.join(out, name, "model_final.pth")
+
+
+def replica_probe_cfg(args, teacher_weights):
+    """The gkd config of ``args.detector`` on replica.py's shapes data, with that teacher; the
+    datasets registered."""
+    from replica import data_opts
+
+    node = GENERATED_DATASETS["shapes"][0]
+    cfg = load_cfg(DEMO_CONFIGS[args.detector][2], data_opts("shapes", "cpu", 0) + [
+        f"DATASETS.{node}.NUM_TRAIN", str(args.num_train), f"DATASETS.{node}.NUM_VAL", str(args.num_val),
+        f"DATASETS.{node}.IMAGE_SIZE", str(args.image_size), "DISTILL.TEACHER.WEIGHTS", teacher_weights,
+    ])
+    register_datasets_from_cfg(cfg)
+    return cfg
+
+
 def probe_model(args, knowledge, prototypes: bool):
     """(cfg, DistillationDetector in eval mode with the replica's teacher): the runs' students
     and terms are loaded into it one after the other. Gradients are switched off."""

@@ -27,7 +27,6 @@ and ``heads`` (RPN + RoI heads, or RetinaNet's head). Per group and term:
 
 Writes ``benchmarks/results/probe_gradients_<detector>.json``.
 """
-import argparse
 import json
 import os
 import sys
@@ -38,35 +37,22 @@ from detectron2.utils.env import seed_all_rng
 from detectron2.utils.events import EventStorage
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import RESULTS, load_cfg, machine  # noqa: E402
-from replica import data_opts  # noqa: E402
+from common import RESULTS, machine  # noqa: E402
+from probe_common import replica_probe_cfg, replica_probe_parser, replica_weights  # noqa: E402
 
 from gkd_d2 import DistillationCheckpointer, DistillTrainer  # noqa: E402
-from gkd_d2.config import DEMO_CONFIGS  # noqa: E402
-from gkd_d2.data.builtin import GENERATED_DATASETS, register_datasets_from_cfg  # noqa: E402
 from gkd_d2.prototypes import PrototypeRefresher  # noqa: E402
 
 GROUPS = ("bottom_up", "fpn", "heads")
 
 
 def parse_args():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--detector", choices=sorted(DEMO_CONFIGS), default="faster_rcnn")
-    p.add_argument("--output", default="", help="default output/replica/shapes/<detector>")
-    p.add_argument("--teacher", default="teacher", help="the teacher's folder under --output, or a .pth path")
+    p = replica_probe_parser(__doc__)
     p.add_argument("--student", default="student-pretrained", help="the student's folder under --output, or a .pth")
     p.add_argument("--knowledge", nargs="+", default=None,
                    help="DISTILL.KNOWLEDGE (default: the config's, i.e. the gkd defaults)")
     p.add_argument("--batches", type=int, default=16, help="training batches (an even number)")
-    p.add_argument("--num-train", type=int, default=2000)
-    p.add_argument("--num-val", type=int, default=200)
-    p.add_argument("--image-size", type=int, default=160)
-    p.add_argument("--results", default="")
     return p.parse_args()
-
-
-def weights_path(out, name):
-    return name if name.endswith(".pth") else os.path.join(out, name, "model_final.pth")
 
 
 def group_of(name: str) -> str:
@@ -93,19 +79,14 @@ def main():
     if args.batches < 2 or args.batches % 2:
         sys.exit("probe_gradients: --batches must be an even number >= 2")
     out = args.output or os.path.join("output", "replica", "shapes", args.detector)
-    teacher_w, student_w = weights_path(out, args.teacher), weights_path(out, args.student)
+    teacher_w, student_w = replica_weights(out, args.teacher), replica_weights(out, args.student)
     missing = [w for w in (teacher_w, student_w) if not os.path.isfile(w)]
     if missing:
         sys.exit("probe_gradients: no such checkpoint: " + ", ".join(missing))
-    node = GENERATED_DATASETS["shapes"][0]
-    cfg = load_cfg(DEMO_CONFIGS[args.detector][2], data_opts("shapes", "cpu", 0) + [
-        f"DATASETS.{node}.NUM_TRAIN", str(args.num_train), f"DATASETS.{node}.NUM_VAL", str(args.num_val),
-        f"DATASETS.{node}.IMAGE_SIZE", str(args.image_size), "DISTILL.TEACHER.WEIGHTS", teacher_w,
-        "SOLVER.IMS_PER_BATCH", "4",
-    ])
+    cfg = replica_probe_cfg(args, teacher_w)
+    cfg.SOLVER.IMS_PER_BATCH = 4
     if args.knowledge is not None:
         cfg.DISTILL.KNOWLEDGE = list(args.knowledge)
-    register_datasets_from_cfg(cfg)
     seed_all_rng(0)
     model = DistillTrainer.build_model(cfg)
     DistillationCheckpointer(model).load(student_w)

@@ -37,14 +37,11 @@ from detectron2.data import DatasetCatalog
 from detectron2.structures import Boxes
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import RESULTS, load_cfg, machine  # noqa: E402
-from probe_common import validation_inputs  # noqa: E402
+from common import RESULTS, machine  # noqa: E402
+from probe_common import replica_probe_cfg, replica_probe_parser, replica_weights, validation_inputs  # noqa: E402
 from probe_data import own_view  # noqa: E402
-from replica import data_opts  # noqa: E402
 
 from gkd_d2 import DistillationCheckpointer, DistillTrainer  # noqa: E402
-from gkd_d2.config import DEMO_CONFIGS  # noqa: E402
-from gkd_d2.data.builtin import GENERATED_DATASETS, register_datasets_from_cfg  # noqa: E402
 from gkd_d2.pooling import assign_level_index, pool_instances  # noqa: E402
 from gkd_d2.prototypes import PrototypeRefresher  # noqa: E402
 
@@ -52,15 +49,8 @@ REASONS = ("small", "blurred", "occluded", "truncated")
 
 
 def parse_args():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--detector", choices=sorted(DEMO_CONFIGS), default="faster_rcnn")
+    p = replica_probe_parser(__doc__)
     p.add_argument("--runs", nargs="+", default=["student-pretrained"], help="run folders under --output")
-    p.add_argument("--output", default="", help="default output/replica/shapes/<detector>")
-    p.add_argument("--teacher", default="teacher", help="the teacher's folder (or a .pth path)")
-    p.add_argument("--num-train", type=int, default=2000)
-    p.add_argument("--num-val", type=int, default=200)
-    p.add_argument("--image-size", type=int, default=160)
-    p.add_argument("--results", default="")
     return p.parse_args()
 
 
@@ -76,17 +66,11 @@ def auc(low, high):
 def main():
     args = parse_args()
     out = args.output or os.path.join("output", "replica", "shapes", args.detector)
-    teacher_w = args.teacher if args.teacher.endswith(".pth") else os.path.join(out, args.teacher, "model_final.pth")
-    missing = [w for w in [teacher_w] + [os.path.join(out, r, "model_final.pth") for r in args.runs]
-               if not os.path.isfile(w)]
+    teacher_w = replica_weights(out, args.teacher)
+    missing = [w for w in [teacher_w] + [replica_weights(out, r) for r in args.runs] if not os.path.isfile(w)]
     if missing:
         sys.exit("probe_robust: no such checkpoint: " + ", ".join(missing))
-    node = GENERATED_DATASETS["shapes"][0]
-    cfg = load_cfg(DEMO_CONFIGS[args.detector][2], data_opts("shapes", "cpu", 0) + [
-        f"DATASETS.{node}.NUM_TRAIN", str(args.num_train), f"DATASETS.{node}.NUM_VAL", str(args.num_val),
-        f"DATASETS.{node}.IMAGE_SIZE", str(args.image_size), "DISTILL.TEACHER.WEIGHTS", teacher_w,
-    ])
-    register_datasets_from_cfg(cfg)
+    cfg = replica_probe_cfg(args, teacher_w)
     torch.set_grad_enabled(False)
     model = DistillTrainer.build_model(cfg).eval()
     num_classes = model.num_classes
@@ -118,7 +102,7 @@ def main():
     refresher = PrototypeRefresher(cfg)
     rows = []
     for run in args.runs:
-        DistillationCheckpointer(model).load(os.path.join(out, run, "model_final.pth"))
+        DistillationCheckpointer(model).load(replica_weights(out, run))
         model.eval()
         refresher.refresh(model, iteration=0)
         w = model.prototypes.robust_weights(x_t, pooled(model.student_features), levels, classes).cpu()

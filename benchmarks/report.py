@@ -35,6 +35,11 @@ def mean_spread(values):
     return f"{m:.2f} ± {statistics.pstdev(values):.2f}" if len(values) > 1 else f"{m:.2f}"
 
 
+def table_head(header):
+    """The first two lines of a Markdown table with these column names."""
+    return ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
+
+
 def quality_section(records, title="## Quality (replica of Tables 1, 3, 4, 6)", plot=True):
     lines = [title, ""]
     if not records:
@@ -54,8 +59,7 @@ def quality_section(records, title="## Quality (replica of Tables 1, 3, 4, 6)", 
             f"synthetic images of {first.get('image_size', '?')} px; latest record {max(r['date'] for _, rs in rows for r in rs)}. "
             "Mean ± spread (population std) over seeds.",
             "",
-            "| method | seeds | " + " | ".join(METRICS) + " |",
-            "|---" * (len(METRICS) + 2) + "|",
+            *table_head(["method", "seeds", *METRICS]),
         ]
         order = {"teacher": 0, "student": 1, "gkd": 2}
         for method, rs in sorted(rows, key=lambda x: (order.get(x[0], 3), x[0])):
@@ -214,11 +218,11 @@ def side_by_side_section(records):
         tables = [c[-1] for c in columns]
         methods = [m for m in order if any(m in by_method for by_method in tables)]
         methods += sorted({m for by_method in tables for m in by_method} - set(methods))
-        lines += [f"### {detector}", "", "| row | " + " | ".join(head) + " |", "|---" * (len(head) + 1) + "|"]
+        lines += [f"### {detector}", "", *table_head(["row", *head])]
         for m in methods:
             lines.append(f"| {m} | " + " | ".join(_cell(t, t.get("student-finetune", {}), m) for t in tables) + " |")
         lines += ["", "The global term's contribution (paired by seed, mean [95% interval]):", "",
-                  "| difference | " + " | ".join(head) + " |", "|---" * (len(head) + 1) + "|"]
+                  *table_head(["difference", *head])]
         for a, b in (("response+global", "response"), ("gkd", "feature+response")):
             lines.append(f"| `{a}` - `{b}` | " + " | ".join(_contribution(t, a, b) for t in tables) + " |")
         lines.append("")
@@ -322,8 +326,7 @@ def probe_sections():
             f"{d['instances']} validation GT instances; {d['machine']['hardware']}, {d['machine']['date']}. "
             "NCM = nearest-class-mean accuracy of the pooled instance features (chance 0.20).",
             "",
-            "| run | " + " | ".join(h for _, h in cols) + " |",
-            "|---" * (len(cols) + 1) + "|",
+            *table_head(["run", *(h for _, h in cols)]),
         ]
         for r in d["rows"]:
             lines.append(f"| {r['run']} | " + " | ".join(f"{r[k]:.3f}" if k in r else "" for k, _ in cols) + " |")
@@ -341,8 +344,7 @@ def probe_sections():
                 "error over the teacher's variance around its channel means) / R^2 of the best 1x1 linear map from the "
                 "student's map, fitted on half the images and measured on the other half (`-`: the run has no adapters).",
                 "",
-                "| run | " + " | ".join(levels) + " |",
-                "|---" * (len(levels) + 1) + "|",
+                *table_head(["run", *levels]),
             ]
             for r in d["rows"]:
                 cells = [(f"{r[lv]['mse']:.2f} / {r[lv]['r2']:.2f}" if "r2" in r[lv] else "- / -")
@@ -357,8 +359,7 @@ def probe_sections():
             "mean squared error after training / share of it that is min(F_T, 0)^2 (teacher elements < 0: "
             f"{statistics.fmean(d['rows'][0][lv]['teacher_negative'] for lv in levels):.0%}).",
             "",
-            "| run | " + " | ".join(levels) + " |",
-            "|---" * (len(levels) + 1) + "|",
+            *table_head(["run", *levels]),
         ]
         for r in d["rows"]:
             lines.append(
@@ -384,8 +385,7 @@ def gradient_probe_section():
             "first half of the batches with the detection gradient over the second half (the detection row: its own "
             "two halves, the ceiling). `-`: the term does not reach the group.",
             "",
-            "| term | loss | " + " | ".join(groups) + " |",
-            "|---" * (len(groups) + 2) + "|",
+            *table_head(["term", "loss", *groups]),
         ]
         for term, r in d["terms"].items():
             cells = ["-" if r[g]["norm_ratio"] == 0 else
@@ -473,7 +473,7 @@ def json_table(title, pattern, header, row):
     files = sorted(glob.glob(os.path.join(RESULTS, pattern)))
     if not files:
         return lines + ["No results yet.", ""]
-    lines += ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
+    lines += table_head(header)
     lines += ["| " + " | ".join(map(str, row(json.load(open(f))))) + " |" for f in files]
     return lines + [""]
 
@@ -529,7 +529,7 @@ def cost_table(records):
     lines = []
     header = ["detector", "method", "device", "student step (s)", "teacher forward (s)", "distillation step (s)",
               "beyond student + teacher forward", "peak MiB (student / distillation)", "steps", "code", "date"]
-    lines += ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
+    lines += table_head(header)
     for r in sorted(records, key=lambda r: (r["detector"], r["device"], r["method"], r["date"])):
         peak = r.get("peak_memory_MiB")
         mem = f"{r.get('student_peak_memory_MiB') or 0:.0f} / {peak:.0f}" if peak else ""
@@ -551,7 +551,7 @@ def refresh_coco_section():
     header = ["device", "sampling", "images read", "instances", "student extraction (s / image)",
               "PGM, 80 classes x 5 levels (s)", "refresh (s)", "epoch (s)", "refresh / epoch",
               "first refresh: + teacher / epoch", "date"]
-    lines += ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
+    lines += table_head(header)
     for f in files:
         r = json.load(open(f))
         for name, x in r["sampling"].items():
@@ -576,7 +576,7 @@ def anchor_kl_section():
     if not data:
         return lines + ["No results yet.", ""]
     header = ["device", "logits", "fused (s)", "composite (s)", "speed-up", "loss rel. diff", "grad max diff", "date"]
-    lines += ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
+    lines += table_head(header)
     for r in data.values():
         t = r["fwd_bwd_s"]
         lines.append("| " + " | ".join(map(str, [
