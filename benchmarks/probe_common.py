@@ -1,5 +1,8 @@
-"""What the probes (``probe_global.py``, ``probe_feature.py``) share: their command line, the
-distillation model they load trained runs of ``quality.py`` into, and their results file."""
+"""What the probes share. ``probe_global.py`` and ``probe_feature.py`` (trained runs of
+``quality.py``, or of ``replica.py`` with ``--output output/replica/shapes --dataset shapes``):
+their command line, the distillation model they load the runs into, their results file.
+``probe_robust.py`` and ``probe_gradients.py`` (a trained pair of ``replica.py``): their command
+line, checkpoint paths and config."""
 import argparse
 import json
 import os
