@@ -6,6 +6,7 @@ line, checkpoint paths and config."""
 import argparse
 import json
 import os
+import sys
 
 import torch
 
@@ -52,6 +53,23 @@ def replica_probe_parser(doc):
 def replica_weights(out, name):
     """A run folder under ``out`` (its model_final.pth) or a .pth path as given."""
     return name if name.endswith(".pth") else os.path.join(out, name, "model_final.pth")
+
+
+def exit_if_missing(paths):
+    """Exit with a message naming every path in ``paths`` that is not a file, before any model is built."""
+    missing = [p for p in paths if not os.path.isfile(p)]
+    if missing:
+        prog = os.path.splitext(os.path.basename(sys.argv[0]))[0]
+        raise SystemExit(f"{prog}: no such checkpoint: " + ", ".join(missing))
+
+
+def replica_checkpoints(args, names):
+    """(out, [checkpoint of each name]): ``--output`` (default output/replica/shapes/<detector>) and
+    each name as a folder under it or a .pth path; exits naming every one that is missing."""
+    out = args.output or os.path.join("output", "replica", "shapes", args.detector)
+    paths = [replica_weights(out, name) for name in names]
+    exit_if_missing(paths)
+    return out, paths
 
 
 def replica_probe_cfg(args, teacher_weights):
@@ -104,10 +122,7 @@ def check_runs(args):
     ``model_final.pth``, before any model is built."""
     out = os.path.join(args.output, args.detector)
     paths = [args.teacher or os.path.join(out, "teacher", "model_final.pth")]
-    paths += [os.path.join(out, run, "model_final.pth") for run in args.runs]
-    missing = [p for p in paths if not os.path.isfile(p)]
-    if missing:
-        raise SystemExit("no such checkpoint: " + ", ".join(missing))
+    exit_if_missing(paths + [os.path.join(out, run, "model_final.pth") for run in args.runs])
 
 
 def run_state(args, run):

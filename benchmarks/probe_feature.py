@@ -59,11 +59,13 @@ def linear_r2(model, inputs, levels, step=8):
     of ``inputs``, measured on the second)."""
     half = len(inputs) // 2
 
+    def flat(x):  # (B, C, H, W) -> (BHW, C), float64
+        return x.double().permute(0, 2, 3, 1).reshape(-1, x.shape[1])
+
     def maps(batch):
+        """{level: ([F_S, 1] (BHW, C_S + 1), F_T (BHW, C_T))}."""
         s, t = model.student_features(batch), model.teacher_features(batch)
-        flat = lambda x: x.double().permute(0, 2, 3, 1).reshape(-1, x.shape[1])  # noqa: E731  (BHW, C)
-        return {lv: (torch.cat([flat(s[lv]), torch.ones(s[lv].numel() // s[lv].shape[1], 1, dtype=torch.float64)], 1),
-                     flat(t[lv])) for lv in levels}
+        return {lv: (torch.nn.functional.pad(flat(s[lv]), (0, 1), value=1.0), flat(t[lv])) for lv in levels}
 
     xtx, xty = {}, {}
     for start in range(0, half, step):

@@ -38,7 +38,7 @@ from detectron2.utils.events import EventStorage
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import RESULTS, machine  # noqa: E402
-from probe_common import replica_probe_cfg, replica_probe_parser, replica_weights  # noqa: E402
+from probe_common import replica_checkpoints, replica_probe_cfg, replica_probe_parser  # noqa: E402
 
 from gkd_d2 import DistillationCheckpointer, DistillTrainer  # noqa: E402
 from gkd_d2.prototypes import PrototypeRefresher  # noqa: E402
@@ -78,11 +78,7 @@ def main():
     args = parse_args()
     if args.batches < 2 or args.batches % 2:
         sys.exit("probe_gradients: --batches must be an even number >= 2")
-    out = args.output or os.path.join("output", "replica", "shapes", args.detector)
-    teacher_w, student_w = replica_weights(out, args.teacher), replica_weights(out, args.student)
-    missing = [w for w in (teacher_w, student_w) if not os.path.isfile(w)]
-    if missing:
-        sys.exit("probe_gradients: no such checkpoint: " + ", ".join(missing))
+    _, (teacher_w, student_w) = replica_checkpoints(args, [args.teacher, args.student])
     cfg = replica_probe_cfg(args, teacher_w)
     cfg.SOLVER.IMS_PER_BATCH = 4
     if args.knowledge is not None:
@@ -96,11 +92,10 @@ def main():
     model.train()
     named = [(n, p) for n, p in model.student.named_parameters() if p.requires_grad]
     params = [p for _, p in named]
-    sizes = [p.numel() for p in params]
-    slices, start = defaultdict(list), 0
-    for (n, _), size in zip(named, sizes):
-        slices[group_of(n)].append(slice(start, start + size))
-        start += size
+    slices, start = defaultdict(list), 0  # group -> the slices of the flat (P,) gradient it owns
+    for n, p in named:
+        slices[group_of(n)].append(slice(start, start + p.numel()))
+        start += p.numel()
 
     def split(vec):
         return {g: torch.cat([vec[s] for s in slices[g]]) for g in GROUPS}

@@ -38,7 +38,7 @@ from detectron2.structures import Boxes
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import RESULTS, machine  # noqa: E402
-from probe_common import replica_probe_cfg, replica_probe_parser, replica_weights, validation_inputs  # noqa: E402
+from probe_common import replica_checkpoints, replica_probe_cfg, replica_probe_parser, validation_inputs  # noqa: E402
 from probe_data import own_view  # noqa: E402
 
 from gkd_d2 import DistillationCheckpointer, DistillTrainer  # noqa: E402
@@ -65,11 +65,7 @@ def auc(low, high):
 
 def main():
     args = parse_args()
-    out = args.output or os.path.join("output", "replica", "shapes", args.detector)
-    teacher_w = replica_weights(out, args.teacher)
-    missing = [w for w in [teacher_w] + [replica_weights(out, r) for r in args.runs] if not os.path.isfile(w)]
-    if missing:
-        sys.exit("probe_robust: no such checkpoint: " + ", ".join(missing))
+    _, (teacher_w, *run_weights) = replica_checkpoints(args, [args.teacher, *args.runs])
     cfg = replica_probe_cfg(args, teacher_w)
     torch.set_grad_enabled(False)
     model = DistillTrainer.build_model(cfg).eval()
@@ -101,8 +97,8 @@ def main():
           flush=True)
     refresher = PrototypeRefresher(cfg)
     rows = []
-    for run in args.runs:
-        DistillationCheckpointer(model).load(replica_weights(out, run))
+    for run, weights in zip(args.runs, run_weights):
+        DistillationCheckpointer(model).load(weights)
         model.eval()
         refresher.refresh(model, iteration=0)
         w = model.prototypes.robust_weights(x_t, pooled(model.student_features), levels, classes).cpu()
