@@ -64,12 +64,12 @@ def exit_if_missing(paths):
 
 
 def replica_checkpoints(args, names):
-    """(out, [checkpoint of each name]): ``--output`` (default output/replica/shapes/<detector>) and
-    each name as a folder under it or a .pth path; exits naming every one that is missing."""
+    """[checkpoint of each name]: each name as a run folder under ``--output`` (default
+    output/replica/shapes/<detector>) or a .pth path; exits naming every one that is missing."""
     out = args.output or os.path.join("output", "replica", "shapes", args.detector)
     paths = [replica_weights(out, name) for name in names]
     exit_if_missing(paths)
-    return out, paths
+    return paths
 
 
 def replica_probe_cfg(args, teacher_weights):

@@ -78,7 +78,7 @@ def main():
     args = parse_args()
     if args.batches < 2 or args.batches % 2:
         sys.exit("probe_gradients: --batches must be an even number >= 2")
-    _, (teacher_w, student_w) = replica_checkpoints(args, [args.teacher, args.student])
+    teacher_w, student_w = replica_checkpoints(args, [args.teacher, args.student])
     cfg = replica_probe_cfg(args, teacher_w)
     cfg.SOLVER.IMS_PER_BATCH = 4
     if args.knowledge is not None:

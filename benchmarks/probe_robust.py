@@ -65,7 +65,7 @@ def auc(low, high):
 
 def main():
     args = parse_args()
-    _, (teacher_w, *run_weights) = replica_checkpoints(args, [args.teacher, *args.runs])
+    teacher_w, *run_weights = replica_checkpoints(args, [args.teacher, *args.runs])
     cfg = replica_probe_cfg(args, teacher_w)
     torch.set_grad_enabled(False)
     model = DistillTrainer.build_model(cfg).eval()
