@@ -22,6 +22,16 @@ VPY="$VENV/bin/python"
 PIP="$VPY -m pip --disable-pip-version-check"
 
 if ! "$VPY" -c "import torch, torchvision" 2>/dev/null; then
+  # torch 2.14.1 on x86_64 is a CUDA build: with its nvidia-* and triton packages it takes about
+  # 5.5 GB, the whole .venv about 6 GB. Say so before pip fails half-way with "No space left".
+  NEED_GB=${GKD_BOOTSTRAP_NEED_GB:-6}
+  FREE_KB=$(df -Pk "$VENV" | awk 'NR==2 {print $4}')
+  if [ "$FREE_KB" -lt $((NEED_GB * 1024 * 1024)) ]; then
+    echo "[bootstrap] error: installing torch needs about $NEED_GB GB free, but the disk holding" \
+      "$(pwd)/$VENV has $((FREE_KB / 1024)) MB free (df -h $VENV). Free some space, or install" \
+      "torch + torchvision into $VENV yourself; GKD_BOOTSTRAP_NEED_GB=0 skips this check." >&2
+    exit 1
+  fi
   echo "[bootstrap] installing torch 2.14.1 + torchvision 0.29.1"
   $PIP install -q "torch==${TORCH_VERSION:-2.14.1}" "torchvision==${TORCHVISION_VERSION:-0.29.1}"
 fi
