@@ -80,18 +80,65 @@ def data_opts(dataset, device, workers):
     ]
 
 
-def pretrain(name, yaml, opts, iters, args, base, path):
-    """Train one model alone, evaluated 6 times; its record keeps the curve. Returns weights."""
-    out = os.path.join(args.output, name)
+def pretrain(name, yaml, opts, iters, args, base, path, out=None):
+    """Train one model alone for ITERS, evaluated 6 times. Returns (weights, record): the record
+    keeps the curve. A run whose model_final.pth exists is not trained again."""
+    out = out or os.path.join(args.output, name)
     weights = os.path.join(out, "model_final.pth")
+    record = {**base, "method": name, "seed": 0, "iters": iters}
     if not os.path.isfile(weights):
-        cfg = load_cfg(yaml, opts + ["OUTPUT_DIR", out, "TEST.EVAL_PERIOD", str(max(1, iters // 6))])
+        cfg = load_cfg(yaml, opts + schedule(iters, args.ims_per_batch, args.lr, 0.05)
+                       + ["OUTPUT_DIR", out, "TEST.EVAL_PERIOD", str(max(1, iters // 6))])
         seed_all_rng(0)
         ap, sec = train_eval(cfg)
-        curve = eval_curve(out, iters)
-        save({**base, "method": name, "seed": 0, "iters": iters, "train_s": sec, "curve": curve, **ap}, path, KEY)
-        print(name, ap, "curve", curve, flush=True)
-    return weights
+        record.update(train_s=sec, curve=eval_curve(out, iters), **ap)
+        save(record, path, KEY)
+        print(name, ap, "curve", record["curve"], flush=True)
+    else:
+        old = [r for r in json.load(open(path)) if all(r.get(k) == record.get(k) for k in (*KEY, "iters"))] \
+            if os.path.isfile(path) else []
+        record = old[-1] if old else {**record, "curve": eval_curve(out, iters)}
+        record.setdefault("AP", record["curve"][-1][1] if record.get("curve") else float("nan"))
+    return weights, record
+
+
+def plateau_search(train, iters, tol, max_iters):
+    """Double a schedule until doubling it no longer pays: ``train(n)`` trains from scratch for n
+    iterations and returns (weights, AP); the search stops at the first n whose AP is within TOL
+    of the AP at n / 2 (the issue's plateau: two checkpoints < 0.3 AP apart), or when 2n would
+    exceed MAX_ITERS. Returns (weights, iters, schedules, reached): the longest schedule trained,
+    [[n, AP], ...] of every schedule, and whether the plateau was reached (None for TOL <= 0: one
+    schedule, no check)."""
+    weights, ap = train(iters)
+    schedules = [[iters, ap]]
+    while tol > 0 and 2 * iters <= max_iters:
+        iters *= 2
+        weights, ap = train(iters)
+        schedules.append([iters, ap])
+        if abs(ap - schedules[-2][1]) < tol:
+            return weights, iters, schedules, True
+    return weights, iters, schedules, (False if tol > 0 else None)
+
+
+def pretrain_to_plateau(name, yaml, opts, args, base, path):
+    """``pretrain`` for ``--<name>-iters``, then, with ``--plateau-tol``, for twice as long and
+    again until the AP of two successive schedules differs by less than the tolerance (each in its
+    own folder ``<name>_it<iters>``). The record of ``name`` is the last schedule's, with
+    ``plateau: {tol, schedules: [[iters, AP], ...], reached}``. Returns (weights, iters)."""
+    first = args.teacher_iters if name == "teacher" else args.student_iters
+    records = {}
+
+    def train(n):
+        out = os.path.join(args.output, name if n == first else f"{name}_it{n}")
+        weights, records[n] = pretrain(name, yaml, opts, n, args, base, path, out)
+        return weights, records[n]["AP"]
+
+    weights, iters, schedules, reached = plateau_search(train, first, args.plateau_tol, args.max_pretrain_iters)
+    if args.plateau_tol > 0:
+        save({**records[iters], "plateau": {"tol": args.plateau_tol, "schedules": schedules, "reached": reached}},
+             path, KEY)
+        print(name, "plateau" if reached else "NO plateau by --max-pretrain-iters", schedules, flush=True)
+    return weights, iters
 
 
 def reuse_teacher(weights, yaml, opts, iters, args, base, path, source):
@@ -133,6 +180,11 @@ def main():
     p.add_argument("--num-val", type=int, default=200)
     p.add_argument("--image-size", type=int, default=160)
     p.add_argument("--workers", type=int, default=0, help="DATALOADER.NUM_WORKERS")
+    p.add_argument("--plateau-tol", type=float, default=0.0,
+                   help="train the teacher and the student alone on doubled schedules until two successive "
+                        "schedules' AP differ by less than this (the issue's 0.3); 0: one schedule each")
+    p.add_argument("--max-pretrain-iters", type=int, default=38400,
+                   help="with --plateau-tol: the longest schedule tried")
     p.add_argument("--output", default="")
     p.add_argument("--opts", nargs="*", default=[], help="KEY VALUE overrides of the distillation rows")
     p.add_argument("--tag", default="",
@@ -156,7 +208,6 @@ def main():
                 "of the rows that start from the pre-trained student")
     if args.student_weights and not os.path.isfile(args.student_weights):
         p.error(f"--student-weights: no such file: {args.student_weights}")
-    args.iters = args.iters or args.student_iters
     args.output = args.output or os.path.join("output", "replica", args.dataset, args.detector)
     setup_logger()
     setup_logger(name="gkd_d2")
@@ -173,15 +224,18 @@ def main():
     base = {"detector": args.detector, "dataset": args.dataset, "device": machine(args.device)["hardware"]}
     register_datasets_from_cfg(load_cfg(teacher_yaml, common))
 
-    teacher_sched = common + schedule(args.teacher_iters, args.ims_per_batch, args.lr, 0.05)
     if args.teacher_weights:
-        teacher_w = reuse_teacher(args.teacher_weights, teacher_yaml, teacher_sched, args.teacher_iters, args, base,
-                                  path, args.teacher_weights)
+        teacher_w = reuse_teacher(args.teacher_weights, teacher_yaml, common + schedule(
+            args.teacher_iters, args.ims_per_batch, args.lr, 0.05), args.teacher_iters, args, base, path,
+            args.teacher_weights)
     else:
-        teacher_w = pretrain("teacher", teacher_yaml, teacher_sched, args.teacher_iters, args, base, path)
-    student_w = args.student_weights or pretrain(
-        "student-pretrained", student_yaml, common + schedule(args.student_iters, args.ims_per_batch, args.lr, 0.05),
-        args.student_iters, args, base, path)
+        teacher_w, args.teacher_iters = pretrain_to_plateau("teacher", teacher_yaml, common, args, base, path)
+    if args.student_weights:
+        student_w = args.student_weights
+    else:
+        student_w, args.student_iters = pretrain_to_plateau("student-pretrained", student_yaml, common, args, base,
+                                                            path)
+    args.iters = args.iters or args.student_iters
     finetune = schedule(args.iters, args.ims_per_batch, args.lr, 0.05, steps=(2 / 3, 11 / 12))
     for seed in args.seeds:
         for row in args.rows:

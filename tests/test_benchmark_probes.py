@@ -95,3 +95,28 @@ def test_linear_r2_is_one_for_a_linear_teacher_and_near_zero_for_noise():
     assert -0.1 < r2 < 0.05  # nothing to read: no better than the channel means
     s1, s2 = torch.tensor([2.0, 0.0]), torch.tensor([2.0, 8.0])  # channel 0: 1, 1 (var 0); channel 1: 2, -2 (var 4)
     assert probe_feature.per_channel_variance(s1, s2, 2) == pytest.approx(2.0)
+
+
+def test_plateau_search_doubles_the_schedule_until_two_schedules_agree():
+    import replica
+
+    aps = {100: 20.0, 200: 40.0, 400: 50.0, 800: 50.25, 1600: 50.3}
+    calls = []
+
+    def train(n):
+        calls.append(n)
+        return f"w{n}", aps[n]
+
+    # 400 -> 800 gains 0.25 < 0.3: the plateau, and the 800-iteration model is the one used
+    assert replica.plateau_search(train, 100, 0.3, 100000) == (
+        "w800", 800, [[100, 20.0], [200, 40.0], [400, 50.0], [800, 50.25]], True)
+    assert calls == [100, 200, 400, 800]
+    # a cap below the plateau: the longest schedule allowed, not reached
+    assert replica.plateau_search(train, 100, 0.3, 799) == ("w400", 400, [[100, 20.0], [200, 40.0], [400, 50.0]], False)
+    # a tighter tolerance needs the next doubling
+    assert replica.plateau_search(train, 100, 0.1, 100000)[1:] == (
+        1600, [[100, 20.0], [200, 40.0], [400, 50.0], [800, 50.25], [1600, 50.3]], True)
+    # no tolerance: one schedule, nothing checked
+    calls.clear()
+    assert replica.plateau_search(train, 200, 0.0, 100000) == ("w200", 200, [[200, 40.0]], None)
+    assert calls == [200]
