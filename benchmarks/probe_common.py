@@ -77,11 +77,8 @@ def replica_probe_cfg(args, teacher_weights):
     datasets registered."""
     from replica import data_opts
 
-    node = GENERATED_DATASETS["shapes"][0]
-    cfg = load_cfg(DEMO_CONFIGS[args.detector][2], data_opts("shapes", "cpu", 0) + [
-        f"DATASETS.{node}.NUM_TRAIN", str(args.num_train), f"DATASETS.{node}.NUM_VAL", str(args.num_val),
-        f"DATASETS.{node}.IMAGE_SIZE", str(args.image_size), "DISTILL.TEACHER.WEIGHTS", teacher_weights,
-    ])
+    cfg = load_cfg(DEMO_CONFIGS[args.detector][2], data_opts(
+        "shapes", "cpu", 0, args.num_train, args.num_val, args.image_size) + ["DISTILL.TEACHER.WEIGHTS", teacher_weights])
     register_datasets_from_cfg(cfg)
     return cfg
 

@@ -71,12 +71,20 @@ def finished(path, record):
     return any(all(r.get(k) == record[k] for k in KEY) for r in json.load(open(path)))
 
 
-def data_opts(dataset, device, workers):
-    """Config overrides every replica run shares: the device, the ``dataset``'s splits under
-    ``output/replica/<dataset>/data`` and its number of classes (student and teacher)."""
+def data_opts(dataset, device, workers, num_train=2000, num_val=200, image_size=160):
+    """Config overrides every replica run shares: the device, the ``dataset``'s splits and sizes,
+    and its number of classes (student and teacher). The splits live under
+    ``output/replica/<dataset>/data`` at the default sizes and under ``data_<train>x<size>_val<val>``
+    at others: a generated folder is regenerated when its parameters change, so runs of other
+    sizes must not share it with runs still reading it."""
+    node = GENERATED_DATASETS[dataset][0]
+    folder = "data" if (num_train, num_val, image_size) == (2000, 200, 160) else \
+        f"data_{num_train}x{image_size}_val{num_val}"
     return [
         "MODEL.DEVICE", device, "DATALOADER.NUM_WORKERS", str(workers),
-        *generated_dataset_opts(dataset, root=os.path.join("output", "replica", dataset, "data")),
+        *generated_dataset_opts(dataset, root=os.path.join("output", "replica", dataset, folder)),
+        f"DATASETS.{node}.NUM_TRAIN", str(num_train), f"DATASETS.{node}.NUM_VAL", str(num_val),
+        f"DATASETS.{node}.IMAGE_SIZE", str(image_size),
     ]
 
 
@@ -124,8 +132,11 @@ def pretrain_to_plateau(name, yaml, opts, args, base, path):
     """``pretrain`` for ``--<name>-iters``, then, with ``--plateau-tol``, for twice as long and
     again until the AP of two successive schedules differs by less than the tolerance (each in its
     own folder ``<name>_it<iters>``). The record of ``name`` is the last schedule's, with
-    ``plateau: {tol, schedules: [[iters, AP], ...], reached}``. Returns (weights, iters)."""
+    ``plateau: {tol, schedules: [[iters, AP], ...], reached}``; with ``--plateau-tol`` the name
+    (record and folder) carries the ``--schedule-tag``. Returns (weights, iters)."""
     first = args.teacher_iters if name == "teacher" else args.student_iters
+    if args.plateau_tol > 0:
+        name += args.schedule_tag
     records = {}
 
     def train(n):
@@ -182,7 +193,8 @@ def main():
     p.add_argument("--workers", type=int, default=0, help="DATALOADER.NUM_WORKERS")
     p.add_argument("--plateau-tol", type=float, default=0.0,
                    help="train the teacher and the student alone on doubled schedules until two successive "
-                        "schedules' AP differ by less than this (the issue's 0.3); 0: one schedule each")
+                        "schedules' AP differ by less than this (the issue's 0.3), then fine-tune every row as long "
+                        "as the student was trained; needs a --schedule-tag; 0: one schedule each")
     p.add_argument("--max-pretrain-iters", type=int, default=38400,
                    help="with --plateau-tol: the longest schedule tried")
     p.add_argument("--output", default="")
@@ -206,6 +218,9 @@ def main():
     if args.student_weights and not args.schedule_tag:
         p.error("--student-weights needs a --schedule-tag of its own: its rows must not share the records "
                 "of the rows that start from the pre-trained student")
+    if args.plateau_tol > 0 and not args.schedule_tag:
+        p.error("--plateau-tol needs a --schedule-tag of its own (e.g. '~plateau'): its teacher, student and rows "
+                "must not replace the records of the fixed schedules")
     if args.student_weights and not os.path.isfile(args.student_weights):
         p.error(f"--student-weights: no such file: {args.student_weights}")
     args.output = args.output or os.path.join("output", "replica", args.dataset, args.detector)
@@ -214,11 +229,7 @@ def main():
     logging.getLogger("detectron2").setLevel(logging.INFO)
 
     teacher_yaml, student_yaml, gkd_yaml = DEMO_CONFIGS[args.detector]
-    node = GENERATED_DATASETS[args.dataset][0]
-    common = data_opts(args.dataset, args.device, args.workers) + [
-        f"DATASETS.{node}.NUM_TRAIN", str(args.num_train), f"DATASETS.{node}.NUM_VAL", str(args.num_val),
-        f"DATASETS.{node}.IMAGE_SIZE", str(args.image_size),
-    ]
+    common = data_opts(args.dataset, args.device, args.workers, args.num_train, args.num_val, args.image_size)
     path = args.results
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     base = {"detector": args.detector, "dataset": args.dataset, "device": machine(args.device)["hardware"]}

@@ -120,3 +120,18 @@ def test_plateau_search_doubles_the_schedule_until_two_schedules_agree():
     calls.clear()
     assert replica.plateau_search(train, 200, 0.0, 100000) == ("w200", 200, [[200, 40.0]], None)
     assert calls == [200]
+
+
+def test_replica_data_of_other_sizes_gets_its_own_folder():
+    # a generated folder is regenerated when its parameters change: a tiny run must not replace
+    # the images a full-size run is still reading
+    import replica
+
+    def root_and_sizes(opts):
+        pairs = dict(zip(opts[::2], opts[1::2]))
+        return pairs["DATASETS.SHAPES.ROOT"], [pairs[f"DATASETS.SHAPES.{k}"] for k in ("NUM_TRAIN", "NUM_VAL", "IMAGE_SIZE")]
+
+    assert root_and_sizes(replica.data_opts("shapes", "cpu", 0)) == (
+        os.path.join("output", "replica", "shapes", "data"), ["2000", "200", "160"])
+    assert root_and_sizes(replica.data_opts("shapes", "cpu", 0, 8, 4, 64)) == (
+        os.path.join("output", "replica", "shapes", "data_8x64_val4"), ["8", "4", "64"])
