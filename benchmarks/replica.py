@@ -71,14 +71,17 @@ def finished(path, record):
     return any(all(r.get(k) == record[k] for k in KEY) for r in json.load(open(path)))
 
 
-def data_opts(dataset, device, workers, num_train=2000, num_val=200, image_size=160):
+DATA_SIZES = (2000, 200, 160)  # the replica's images: train, val, side in pixels
+
+
+def data_opts(dataset, device, workers, num_train=DATA_SIZES[0], num_val=DATA_SIZES[1], image_size=DATA_SIZES[2]):
     """Config overrides every replica run shares: the device, the ``dataset``'s splits and sizes,
     and its number of classes (student and teacher). The splits live under
     ``output/replica/<dataset>/data`` at the default sizes and under ``data_<train>x<size>_val<val>``
     at others: a generated folder is regenerated when its parameters change, so runs of other
     sizes must not share it with runs still reading it."""
     node = GENERATED_DATASETS[dataset][0]
-    folder = "data" if (num_train, num_val, image_size) == (2000, 200, 160) else \
+    folder = "data" if (num_train, num_val, image_size) == DATA_SIZES else \
         f"data_{num_train}x{image_size}_val{num_val}"
     return [
         "MODEL.DEVICE", device, "DATALOADER.NUM_WORKERS", str(workers),
@@ -128,13 +131,12 @@ def plateau_search(train, iters, tol, max_iters):
     return weights, iters, schedules, (False if tol > 0 else None)
 
 
-def pretrain_to_plateau(name, yaml, opts, args, base, path):
-    """``pretrain`` for ``--<name>-iters``, then, with ``--plateau-tol``, for twice as long and
+def pretrain_to_plateau(name, yaml, opts, first, args, base, path):
+    """``pretrain`` for FIRST iterations, then, with ``--plateau-tol``, for twice as long and
     again until the AP of two successive schedules differs by less than the tolerance (each in its
     own folder ``<name>_it<iters>``). The record of ``name`` is the last schedule's, with
     ``plateau: {tol, schedules: [[iters, AP], ...], reached}``; with ``--plateau-tol`` the name
     (record and folder) carries the ``--schedule-tag``. Returns (weights, iters)."""
-    first = args.teacher_iters if name == "teacher" else args.student_iters
     if args.plateau_tol > 0:
         name += args.schedule_tag
     records = {}
@@ -187,9 +189,9 @@ def main():
                    help="fine-tuning iterations of every row (default: --student-iters, the paper's 1:1)")
     p.add_argument("--ims-per-batch", type=int, default=4)
     p.add_argument("--lr", type=float, default=0.01, help="pre-training and fine-tuning learning rate")
-    p.add_argument("--num-train", type=int, default=2000)
-    p.add_argument("--num-val", type=int, default=200)
-    p.add_argument("--image-size", type=int, default=160)
+    p.add_argument("--num-train", type=int, default=DATA_SIZES[0])
+    p.add_argument("--num-val", type=int, default=DATA_SIZES[1])
+    p.add_argument("--image-size", type=int, default=DATA_SIZES[2])
     p.add_argument("--workers", type=int, default=0, help="DATALOADER.NUM_WORKERS")
     p.add_argument("--plateau-tol", type=float, default=0.0,
                    help="train the teacher and the student alone on doubled schedules until two successive "
@@ -240,12 +242,13 @@ def main():
             args.teacher_iters, args.ims_per_batch, args.lr, 0.05), args.teacher_iters, args, base, path,
             args.teacher_weights)
     else:
-        teacher_w, args.teacher_iters = pretrain_to_plateau("teacher", teacher_yaml, common, args, base, path)
+        teacher_w, args.teacher_iters = pretrain_to_plateau("teacher", teacher_yaml, common, args.teacher_iters, args,
+                                                            base, path)
     if args.student_weights:
         student_w = args.student_weights
     else:
-        student_w, args.student_iters = pretrain_to_plateau("student-pretrained", student_yaml, common, args, base,
-                                                            path)
+        student_w, args.student_iters = pretrain_to_plateau("student-pretrained", student_yaml, common,
+                                                            args.student_iters, args, base, path)
     args.iters = args.iters or args.student_iters
     finetune = schedule(args.iters, args.ims_per_batch, args.lr, 0.05, steps=(2 / 3, 11 / 12))
     for seed in args.seeds:
