@@ -68,6 +68,13 @@ def add_distill_config(cfg):
     # its level, then "mean" over the grid (METHOD.md section 1, a D-vector) or "flatten" (the
     # 49 D grid: keeps the layout, which tells shapes apart on the replica's data). gkd_d2/pooling.py
     _C.DISTILL.INSTANCE_POOLING = "mean"
+    # The FPN level of a GT box (its instance feature, its prototypes, its foreground mask):
+    # "release" (the authors' release): the levels are every FPN output of the student (Faster
+    # R-CNN P2-P6, RetinaNet / FCOS P3-P7), a box of side s = sqrt((w + 1)(h + 1)) goes to the
+    # first + floor(log2(s / 56)). "detectron2": the head's levels (Faster R-CNN P2-P5) and
+    # Detectron2's FPN rule floor(4 + log2(sqrt(area) / 224)): the same level for Faster R-CNN
+    # (but P6), one level finer for RetinaNet / FCOS. gkd_d2/pooling.py
+    _C.DISTILL.INSTANCE_LEVELS = "release"
 
     # Local feature knowledge, Eq. 7: decoupled foreground/background imitation of every FPN
     # level through an adaptation conv.
@@ -81,6 +88,10 @@ def add_distill_config(cfg):
     # ReLU after the adaptation conv: the paper's text has one, the release does not (a ReLU
     # cannot output the negative half of the teacher's maps: an irreducible floor in L_feat).
     _C.DISTILL.FEATURE.ADAPTER_RELU = False
+    # Initialisation of the adaptation conv: "default" (PyTorch's Conv2d init, what the release
+    # trains: its own init is never applied) or "kaiming" (Kaiming normal fan-out, zero bias;
+    # 1.4-1.5x the feature loss at iteration 0, benchmarks/investigations/probe_adapter_init.py).
+    _C.DISTILL.FEATURE.ADAPTER_INIT = "default"
     # How the levels' losses combine: "mean" or "sum"; "" = the release's: mean for two-stage
     # students (Faster R-CNN), sum for dense ones (RetinaNet, FCOS).
     _C.DISTILL.FEATURE.LEVEL_REDUCTION = ""

@@ -58,6 +58,7 @@ class DistillationDetector(nn.Module):
         self.teacher_family = family_of(self.teacher, "DISTILL.TEACHER.CONFIG_FILE")
         self.instance_pooling = str(cfg.DISTILL.INSTANCE_POOLING)
         self.student_family.instance_pooling = self.teacher_family.instance_pooling = self.instance_pooling
+        self.student_family.instance_level_rule = str(cfg.DISTILL.INSTANCE_LEVELS)
         self.num_classes = self.student_family.num_classes
         if self.teacher_family.num_classes != self.num_classes:
             raise ValueError(
@@ -169,8 +170,9 @@ class DistillationDetector(nn.Module):
         return losses
 
     def ground_truth(self, gt_instances) -> GroundTruth:
-        """The batch's GT boxes, each with its instance-level index (Detectron2's FPN rule)."""
-        return GroundTruth.from_instances(gt_instances, *self.student_family.level_range)
+        """The batch's GT boxes, each with its instance-level index (``DISTILL.INSTANCE_LEVELS``)."""
+        family = self.student_family
+        return GroundTruth.from_instances(gt_instances, *family.level_range, rule=family.instance_level_rule)
 
     def distill_batch(self, gt: GroundTruth, s_feats, t_feats) -> DistillBatch:
         """Features, GT and (when needed) GT instance features and their robust weights."""

@@ -18,6 +18,10 @@ POOL_SIZE = 7
 INSTANCE_POOLINGS = ("mean", "flatten")
 #: Detectron2's FPN level rule: a box of sqrt(area) 224 goes to level 4 (P4).
 CANONICAL_BOX_SIZE, CANONICAL_LEVEL = 224, 4
+#: ``DISTILL.INSTANCE_LEVELS``: the rule that gives a GT box its instance level.
+INSTANCE_LEVEL_RULES = ("release", "detectron2")
+#: The release's rule: a box of side 56 <= s < 112 goes to the first instance level.
+RELEASE_FINEST_SCALE = 56
 
 
 def level_range(strides: Sequence[int]):
@@ -26,10 +30,31 @@ def level_range(strides: Sequence[int]):
     return min(levels), max(levels)
 
 
-def assign_level_index(box_lists: List[Boxes], min_level: int, max_level: int) -> torch.Tensor:
-    """(N,) index into the levels min_level..max_level of every box (Detectron2's FPN rule)."""
+def release_level_index(boxes: torch.Tensor, num_levels: int) -> torch.Tensor:
+    """(N,) the authors' release's level of every box, counted from the first instance level:
+    ``clamp(floor(log2(sqrt((w + 1)(h + 1)) / 56 + 1e-6)), 0, num_levels - 1)``.
+
+    boxes (N, 4) XYXY. For RetinaNet (P3-P7) a box of side s goes to P(3 + floor(log2(s/56))),
+    one level coarser than Detectron2's rule; for Faster R-CNN (P2-P6) to P(2 + ...), as
+    Detectron2's but up to P6.
+    """
+    side = ((boxes[:, 2] - boxes[:, 0] + 1) * (boxes[:, 3] - boxes[:, 1] + 1)).clamp(min=0).sqrt()
+    level = torch.floor(torch.log2(side / RELEASE_FINEST_SCALE + 1e-6))
+    return level.clamp(min=0, max=num_levels - 1).long()
+
+
+def assign_level_index(
+    box_lists: List[Boxes], min_level: int, max_level: int, rule: str = "detectron2"
+) -> torch.Tensor:
+    """(N,) index into the levels min_level..max_level (log2 strides) of every box of
+    ``box_lists`` (per image), by ``rule``: ``"detectron2"`` (Detectron2's FPN rule,
+    ``floor(4 + log2(sqrt(area) / 224))`` clamped) or ``"release"`` (:func:`release_level_index`)."""
     if sum(len(b) for b in box_lists) == 0:
         return torch.zeros(0, dtype=torch.long, device=box_lists[0].tensor.device)
+    if rule == "release":
+        return release_level_index(torch.cat([b.tensor for b in box_lists]), max_level - min_level + 1)
+    if rule != "detectron2":
+        raise ValueError(f"DISTILL.INSTANCE_LEVELS={rule!r}: choose one of {list(INSTANCE_LEVEL_RULES)}.")
     return assign_boxes_to_levels(box_lists, min_level, max_level, CANONICAL_BOX_SIZE, CANONICAL_LEVEL)
 
 

@@ -19,8 +19,8 @@ class GroundTruth:
     """Every GT box of the batch, flattened in image order.
 
     boxes (G, 4) XYXY in input-image pixels; classes (G,) in [0, C); image_index (G,);
-    level_index (G,): index into the instance levels (Detectron2's FPN level rule, canonical
-    size 224 at canonical level 4, clamped to the levels that exist); box_lists: per image.
+    level_index (G,): index into the instance levels (``DISTILL.INSTANCE_LEVELS``: the release's
+    rule or Detectron2's FPN rule, :func:`gkd_d2.pooling.assign_level_index`); box_lists: per image.
     """
 
     boxes: torch.Tensor
@@ -30,8 +30,9 @@ class GroundTruth:
     box_lists: List[Boxes]
 
     @classmethod
-    def from_instances(cls, instances: List[Instances], min_level: int, max_level: int):
-        """``instances``: per image, with ``gt_boxes`` and ``gt_classes``; levels min..max (log2)."""
+    def from_instances(cls, instances: List[Instances], min_level: int, max_level: int, rule: str = "detectron2"):
+        """``instances``: per image, with ``gt_boxes`` and ``gt_classes``; levels min..max (log2),
+        each box's level by ``rule`` (:func:`gkd_d2.pooling.assign_level_index`)."""
         box_lists = [x.gt_boxes for x in instances]
         device = box_lists[0].tensor.device
         boxes = torch.cat([b.tensor for b in box_lists])
@@ -40,7 +41,7 @@ class GroundTruth:
             torch.arange(len(instances), device=device),
             torch.tensor([len(x) for x in instances], device=device),
         )
-        level_index = assign_level_index(box_lists, min_level, max_level)
+        level_index = assign_level_index(box_lists, min_level, max_level, rule)
         return cls(boxes, classes, image_index, level_index, box_lists)
 
     def __len__(self):

@@ -5,7 +5,7 @@ teacher/student pair by the detector families (``detectors/``).
 """
 from .config import SUPPORTED_STUDENTS
 from .knowledge import KNOWLEDGE_REGISTRY
-from .pooling import INSTANCE_POOLINGS
+from .pooling import INSTANCE_LEVEL_RULES, INSTANCE_POOLINGS
 from .prototypes.instances import check_sampling
 from .prototypes.selection import check_selection
 
@@ -36,6 +36,10 @@ def validate_distill_config(cfg):
     if cfg.DISTILL.INSTANCE_POOLING not in INSTANCE_POOLINGS:
         raise ValueError(
             f"DISTILL.INSTANCE_POOLING={cfg.DISTILL.INSTANCE_POOLING!r}: choose one of {list(INSTANCE_POOLINGS)}."
+        )
+    if cfg.DISTILL.INSTANCE_LEVELS not in INSTANCE_LEVEL_RULES:
+        raise ValueError(
+            f"DISTILL.INSTANCE_LEVELS={cfg.DISTILL.INSTANCE_LEVELS!r}: choose one of {list(INSTANCE_LEVEL_RULES)}."
         )
     check_sampling(p.SAMPLING)
     unknown = [n for n in cfg.DISTILL.ATTENUATED_TERMS if n not in cfg.DISTILL.KNOWLEDGE and n not in KNOWLEDGE_REGISTRY]

@@ -4,7 +4,8 @@ A family wraps one built Detectron2 model (``family.model``) and answers, withou
 naming any family:
 
 - ``num_classes``, ``instance_levels`` (level *names* GT instances are assigned to),
-  ``level_range`` (their log2 levels, for Detectron2's FPN level rule);
+  ``level_range`` (their log2 levels), ``level_index(box_lists)`` (each box's level by
+  ``instance_level_rule``, ``DISTILL.INSTANCE_LEVELS``);
 - ``check_student()`` and ``check_response_teacher(teacher)``: pair checks, errors naming the
   options that fix them;
 - ``training_step(images, features, gt_instances, record_response)``: Detectron2's own
@@ -18,7 +19,7 @@ from typing import Dict, List, Optional, Tuple
 
 import torch
 
-from ..pooling import level_range
+from ..pooling import assign_level_index, level_range
 
 
 class DetectorFamily:
@@ -31,6 +32,9 @@ class DetectorFamily:
     #: how RoI grids become the vectors robust weights are computed from (the meta-architecture
     #: sets ``DISTILL.INSTANCE_POOLING``; gkd_d2/pooling.py)
     instance_pooling = "mean"
+    #: how a GT box gets its instance level, ``"release"`` or ``"detectron2"`` (the
+    #: meta-architecture sets ``DISTILL.INSTANCE_LEVELS``; gkd_d2/pooling.py)
+    instance_level_rule = "detectron2"
 
     def __init__(self, model):
         self.model = model
@@ -53,6 +57,11 @@ class DetectorFamily:
         """(min, max) log2 level of the instance levels (e.g. P2-P5 -> (2, 5))."""
         shapes = self.model.backbone.output_shape()
         return level_range([shapes[f].stride for f in self.instance_levels])
+
+    def level_index(self, box_lists) -> torch.Tensor:
+        """(N,) index into ``instance_levels`` of every box of ``box_lists`` (per image
+        ``Boxes``), by ``instance_level_rule``."""
+        return assign_level_index(box_lists, *self.level_range, rule=self.instance_level_rule)
 
     def check_student(self) -> None:
         """Raise if this family cannot be a student."""

@@ -12,7 +12,7 @@ from detectron2.modeling import GeneralizedRCNN
 from detectron2.modeling.roi_heads import CascadeROIHeads, StandardROIHeads
 from torch import nn
 
-from ..pooling import assign_level_index, reduce_grid
+from ..pooling import assign_level_index, level_range, reduce_grid
 from ..structures import RoIResponse
 from .base import DetectorFamily, capture_outputs
 
@@ -64,7 +64,21 @@ class RCNNFamily(DetectorFamily):
 
     @property
     def instance_levels(self) -> List[str]:
+        """The box head's levels (P2-P5) under Detectron2's rule; every FPN output (P2-P6) under
+        the release's, whose prototypes and instances live on every level of its neck."""
+        if self.instance_level_rule == "release":
+            shapes = self.model.backbone.output_shape()
+            return sorted(shapes, key=lambda f: shapes[f].stride)
         return list(self.model.roi_heads.box_in_features)
+
+    def roi_level_index(self, box_lists) -> torch.Tensor:
+        """(R,) index into ``instance_levels`` of each RoI's box-pooler level (Detectron2's rule
+        over the box head's levels, as its ROIPooler assigns them)."""
+        heads = self.model.roi_heads
+        shapes = self.model.backbone.output_shape()
+        first = self.instance_levels.index(heads.box_in_features[0])
+        box_range = level_range([shapes[f].stride for f in heads.box_in_features])
+        return assign_level_index(box_lists, *box_range) + first
 
     def check_student(self):
         if self.name == "cascade":
@@ -104,7 +118,7 @@ class RCNNFamily(DetectorFamily):
             ),
             proposal_boxes=torch.cat([b.tensor for b in box_lists]),
             box_lists=box_lists,
-            level_index=assign_level_index(box_lists, *self.level_range),
+            level_index=self.roi_level_index(box_lists),
             student_feats=reduce_grid(cap["pooled"], self.instance_pooling),
             box_coder=box_coder(student),
         )

@@ -12,15 +12,30 @@ def adapter_kernel(value) -> int:
     return value
 
 
-def init_adapter(conv: nn.Conv2d) -> None:
-    """gkd_d2's adapter initialisation: Kaiming normal (fan-out), zero bias."""
-    nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
-    nn.init.zeros_(conv.bias)
+#: ``DISTILL.FEATURE.ADAPTER_INIT``: "default" keeps PyTorch's Conv2d init (what the authors'
+#: release trains), "kaiming" is Kaiming normal (fan-out) with zero bias.
+ADAPTER_INITS = ("default", "kaiming")
 
 
-def build_adapters(spec, kernel_size: int, relu: bool, levels=None) -> nn.ModuleDict:
+def adapter_init(value) -> str:
+    """DISTILL.FEATURE.ADAPTER_INIT: one of :data:`ADAPTER_INITS`."""
+    if value not in ADAPTER_INITS:
+        raise ValueError(f"DISTILL.FEATURE.ADAPTER_INIT={value!r}: choose one of {list(ADAPTER_INITS)}.")
+    return value
+
+
+def init_adapter(conv: nn.Conv2d, init: str = "kaiming") -> None:
+    """``"kaiming"``: Kaiming normal (fan-out), zero bias; ``"default"``: PyTorch's own init
+    (kaiming uniform with a = sqrt(5), uniform bias), left as the constructor made it."""
+    if adapter_init(init) == "kaiming":
+        nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
+        nn.init.zeros_(conv.bias)
+
+
+def build_adapters(spec, kernel_size: int, relu: bool, levels=None, init: str = "kaiming") -> nn.ModuleDict:
     """One conv per level name (default: every imitated level of ``spec``), student width ->
-    teacher width, ``kernel_size`` x ``kernel_size`` with same padding, optionally + ReLU."""
+    teacher width, ``kernel_size`` x ``kernel_size`` with same padding, optionally + ReLU,
+    initialised by ``init`` (:func:`init_adapter`)."""
     adapters = nn.ModuleDict()
     for name in spec.feature_levels if levels is None else levels:
         conv = nn.Conv2d(
@@ -29,6 +44,6 @@ def build_adapters(spec, kernel_size: int, relu: bool, levels=None) -> nn.Module
             kernel_size,
             padding=kernel_size // 2,
         )
-        init_adapter(conv)
+        init_adapter(conv, init)
         adapters[name] = nn.Sequential(conv, nn.ReLU()) if relu else conv
     return adapters

@@ -1,7 +1,8 @@
 """``feature``: local feature knowledge (paper Eq. 7), decoupled foreground/background imitation.
 
 Per FPN level l, an adaptation ``A_l`` (conv D_S -> D_T, kernel ``DISTILL.FEATURE.ADAPTER_KERNEL``;
-+ ReLU with ``ADAPTER_RELU``, the paper's text) maps the student map to the teacher's width; with
++ ReLU with ``ADAPTER_RELU``, the paper's text; PyTorch's init as the release, or Kaiming with
+``ADAPTER_INIT``) maps the student map to the teacher's width; with
 ``E = (F_T - A_l(F_S))^2`` per element and the foreground mask ``M_l`` (largest robust weight of
 the GT boxes assigned to l covering a cell) broadcast over the channels::
 
@@ -18,7 +19,7 @@ Formulas: :func:`~gkd_d2.knowledge.losses.decoupled_feature_losses` (per level
 import torch
 from detectron2.config import configurable
 
-from .adapters import adapter_kernel, build_adapters
+from .adapters import adapter_init, adapter_kernel, build_adapters
 from .base import KnowledgeTerm, check_weight, register_knowledge
 from .losses import decoupled_feature_losses
 
@@ -37,6 +38,7 @@ class FeatureKnowledge(KnowledgeTerm):
         gamma_bg,
         adapter_kernel_size=3,
         adapter_relu=False,
+        adapter_init="default",
         level_reduction="mean",
         use_robust_weights=True,
     ):
@@ -50,7 +52,7 @@ class FeatureKnowledge(KnowledgeTerm):
         self.instance_levels = list(spec.instance_levels)
         self.use_robust_weights = use_robust_weights
         self.level_reduction = level_reduction
-        self.adapters = build_adapters(spec, kernel_size=adapter_kernel_size, relu=adapter_relu)
+        self.adapters = build_adapters(spec, kernel_size=adapter_kernel_size, relu=adapter_relu, init=adapter_init)
 
     @classmethod
     def from_config(cls, cfg, spec):
@@ -62,6 +64,7 @@ class FeatureKnowledge(KnowledgeTerm):
             "gamma_bg": check_weight(c.GAMMA_BG, "DISTILL.FEATURE.GAMMA_BG"),
             "adapter_kernel_size": adapter_kernel(c.ADAPTER_KERNEL),
             "adapter_relu": bool(c.ADAPTER_RELU),
+            "adapter_init": adapter_init(c.ADAPTER_INIT),
             # the release: mean over levels for two-stage students, sum for dense ones
             "level_reduction": c.LEVEL_REDUCTION or ("mean" if spec.student_type == "rcnn" else "sum"),
             "use_robust_weights": bool(cfg.DISTILL.ROBUST_WEIGHTS),
