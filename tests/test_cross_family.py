@@ -18,9 +18,9 @@ SAME = {f"p{i}": f"p{i}" for i in range(2, 8)}
 #: (teacher, student, teacher level read for each student instance level)
 PAIRS = [
     ("GeneralizedRCNN", "RetinaNet", {**{f: SAME[f] for f in ("p3", "p4", "p5", "p6")}, "p7": "p6"}),
-    ("RetinaNet", "GeneralizedRCNN", {"p2": "p3", "p3": "p3", "p4": "p4", "p5": "p5"}),
+    ("RetinaNet", "GeneralizedRCNN", {"p2": "p3", "p3": "p3", "p4": "p4", "p5": "p5", "p6": "p6"}),
     ("GeneralizedRCNN", "FCOS", {**{f: SAME[f] for f in ("p3", "p4", "p5", "p6")}, "p7": "p6"}),
-    ("FCOS", "GeneralizedRCNN", {"p2": "p3", "p3": "p3", "p4": "p4", "p5": "p5"}),
+    ("FCOS", "GeneralizedRCNN", {"p2": "p3", "p3": "p3", "p4": "p4", "p5": "p5", "p6": "p6"}),
 ]
 
 
