@@ -177,7 +177,7 @@ def test_teacher_fpn_without_the_students_finest_level(rcnn_teacher):
     ]
     torch.manual_seed(0)
     model = build_model(cfg)
-    assert model.teacher_levels.source == {"p2": "p3", "p3": "p3", "p4": "p4", "p5": "p5"}
+    assert model.teacher_levels.source == {"p2": "p3", "p3": "p3", "p4": "p4", "p5": "p5", "p6": "p6"}
     assert model.feature_levels == ["p3", "p4", "p5", "p6"]
     fill_prototypes_from_batch(model, make_batch(((3, 0), (3, 1))))
     losses = train_losses(model, make_batch(((2, 0), (3, 1)), seed=1))
