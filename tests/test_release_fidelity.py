@@ -253,6 +253,7 @@ def test_adapter_init_default_is_pytorchs_and_kaiming_is_an_option():
         FeatureKnowledge(spec=spec("rcnn"), weight=1.0, gamma_fg=1.0, gamma_bg=4.0, adapter_init="xavier")
 
 
+@pytest.mark.slow
 def test_default_instance_levels_of_a_faster_rcnn_are_every_fpn_output(rcnn_teacher):
     """The release's level set: P2-P6 (prototypes, instances and masks on P6 too); Detectron2's
     rule keeps the box head's P2-P5. RoIs keep their box pooler's level either way."""
