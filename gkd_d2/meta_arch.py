@@ -8,9 +8,10 @@ families (Faster R-CNN, RetinaNet, FCOS) is behind :mod:`gkd_d2.detectors`.
 Training: the student's own Detectron2 losses plus one ``loss_kd_*`` entry per active knowledge
 term (``DISTILL.KNOWLEDGE``). Inference: exactly what the student alone returns.
 """
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import torch
+from detectron2.config import configurable
 from detectron2.modeling import META_ARCH_REGISTRY
 from detectron2.utils.events import get_event_storage
 from torch import nn
@@ -21,8 +22,8 @@ from .knowledge import DistillSpec, build_knowledge_terms, knowledge_class
 from .pooling import instance_dim, pool_instances
 from .prototypes.bank import PrototypeBank
 from .structures import DistillBatch, GroundTruth
-from .teacher import build_teacher
-from .validation import validate_distill_config
+from .teacher import build_teacher_model, file_sha256, freeze, load_teacher_weights, model_input_format
+from .validation import distill_root, validate_distill_config
 
 __all__ = ["DistillationDetector", "build_student"]
 
@@ -48,14 +49,49 @@ class DistillationDetector(nn.Module):
     ``instance_levels`` / ``feature_levels``: level *names*; ``strides``: name -> stride.
     """
 
-    def __init__(self, cfg):
+    @configurable
+    def __init__(
+        self,
+        *,
+        student: nn.Module,
+        teacher: nn.Module,
+        teacher_weights: str,
+        distill,
+        max_iter: int = 0,
+        input_format: Optional[str] = None,
+        teacher_input_format: Optional[str] = None,
+        teacher_cfg=None,
+        teacher_option: str = "DISTILL.TEACHER.CONFIG_FILE",
+        weights_option: str = "DISTILL.TEACHER.WEIGHTS",
+    ):
+        """
+        Args:
+            student: a Detectron2 GeneralizedRCNN, RetinaNet or FCOS (trained).
+            teacher: a Detectron2 detector of the same classes; ``teacher_weights`` (a local
+                file or a URL) is loaded into it strictly, then it is frozen.
+            distill: the options of the ``DISTILL`` node (a yacs node, or a dict of overrides of
+                its defaults with the same names: ``KNOWLEDGE``, ``PGM.NUM_PROTOTYPES``, ...):
+                the knowledge terms, their weights, the prototype options, the levels.
+            max_iter: the schedule's length, for ``DISTILL.ATTENUATION``.
+            input_format / teacher_input_format: channel orders ("BGR" / "RGB") the student and
+                the teacher read; None = the model's ``input_format`` (else BGR).
+            teacher_cfg: the teacher's yacs config (or the node standing for a LazyConfig
+                teacher), kept as ``self.teacher_cfg``; None when built from objects.
+            teacher_option / weights_option: the option names errors and checks cite.
+        """
         super().__init__()
+        cfg = distill_root(distill)
         validate_distill_config(cfg)
-        self.student = build_student(cfg)
-        self.teacher, self.teacher_cfg = build_teacher(cfg)
+        self.distill_options = cfg.DISTILL
+        self.student = student
+        self.teacher, self.teacher_cfg = teacher, teacher_cfg
+        self.teacher_weights, self.weights_option = str(teacher_weights), weights_option
+        load_teacher_weights(self.teacher, self.teacher_weights, weights_option)
+        freeze(self.teacher)
+        self._teacher_sha256 = None
         self.student_family = family_of(self.student, "DISTILL.STUDENT_ARCHITECTURE")
         self.student_family.check_student()
-        self.teacher_family = family_of(self.teacher, "DISTILL.TEACHER.CONFIG_FILE")
+        self.teacher_family = family_of(self.teacher, teacher_option)
         self.instance_pooling = str(cfg.DISTILL.INSTANCE_POOLING)
         self.student_family.instance_pooling = self.teacher_family.instance_pooling = self.instance_pooling
         self.student_family.instance_level_rule = str(cfg.DISTILL.INSTANCE_LEVELS)
@@ -63,10 +99,12 @@ class DistillationDetector(nn.Module):
         if self.teacher_family.num_classes != self.num_classes:
             raise ValueError(
                 f"The teacher predicts {self.teacher_family.num_classes} classes but the student "
-                f"{self.num_classes}: the teacher config (DISTILL.TEACHER.CONFIG_FILE / OPTS) and "
+                f"{self.num_classes}: the teacher config ({teacher_option} / OPTS) and "
                 f"the student's {self.student_family.num_classes_option} must agree."
             )
-        self.flip_teacher_channels = self._check_input_format(cfg)
+        self.flip_teacher_channels = self._check_input_format(
+            input_format or model_input_format(student), teacher_input_format or model_input_format(teacher)
+        )
         if any(knowledge_class(n).needs_response for n in cfg.DISTILL.KNOWLEDGE):
             self.student_family.check_response_teacher(self.teacher_family)
         spec = self._build_spec(cfg)
@@ -90,13 +128,43 @@ class DistillationDetector(nn.Module):
         )
         self.needs_every_level = any(t.needs_instances_at_every_level for t in self.knowledge.values())
         self.attenuated_terms = set(cfg.DISTILL.ATTENUATED_TERMS) if cfg.DISTILL.ATTENUATION else set()
-        self.max_iter = int(cfg.SOLVER.MAX_ITER)
+        self.max_iter = int(max_iter)
         self.freeze_student_bn = bool(cfg.DISTILL.FREEZE_STUDENT_BN)
+        # lean checkpoints: the frozen teacher comes from its own file, not from checkpoints
+        self._register_state_dict_hook(_drop_teacher_state)
+        self._register_load_state_dict_pre_hook(_drop_teacher_keys)
+        self.register_load_state_dict_post_hook(_teacher_not_missing)
         self.train()
 
-    def _check_input_format(self, cfg) -> bool:
+    @classmethod
+    def from_config(cls, cfg):
+        validate_distill_config(cfg)
+        student = build_student(cfg)
+        teacher, teacher_cfg = build_teacher_model(cfg)
+        return {
+            "student": student,
+            "teacher": teacher,
+            "teacher_weights": cfg.DISTILL.TEACHER.WEIGHTS,
+            "distill": cfg.DISTILL,
+            "max_iter": cfg.SOLVER.MAX_ITER,
+            "input_format": cfg.INPUT.FORMAT,
+            "teacher_input_format": teacher_cfg.INPUT.FORMAT,
+            "teacher_cfg": teacher_cfg,
+        }
+
+    @property
+    def teacher_sha256(self) -> str:
+        """sha256 of the teacher's weights file (a URL: of its local cached copy)."""
+        if self._teacher_sha256 is None:
+            self._teacher_sha256 = file_sha256(self.teacher_weights)
+        return self._teacher_sha256
+
+    def teacher_record(self) -> Dict[str, str]:
+        """What a checkpoint keeps of the teacher: its weights' path, sha256 and option name."""
+        return {"weights": self.teacher_weights, "sha256": self.teacher_sha256, "option": self.weights_option}
+
+    def _check_input_format(self, s: str, t: str) -> bool:
         """True when the teacher reads the other channel order (RGB vs BGR)."""
-        s, t = cfg.INPUT.FORMAT, self.teacher_cfg.INPUT.FORMAT
         if s != t and {s, t} != {"RGB", "BGR"}:
             raise ValueError(
                 f"INPUT.FORMAT of the student ({s}) and of the teacher config ({t}) are incompatible."
@@ -219,3 +287,22 @@ class DistillationDetector(nn.Module):
     def attenuation_factor(self) -> float:
         """1 - iter / max_iter: the factor of the terms in ``DISTILL.ATTENUATED_TERMS``."""
         return max(0.0, 1.0 - get_event_storage().iter / max(1, self.max_iter))
+
+
+def _drop_teacher_state(module, state_dict, prefix, local_metadata):
+    """state_dict hook: no ``teacher.*`` entries (the teacher is rebuilt from its own file)."""
+    for key in [k for k in state_dict if k.startswith(prefix + "teacher.")]:
+        del state_dict[key]
+    return state_dict
+
+
+def _drop_teacher_keys(state_dict, prefix, *args):
+    """load_state_dict pre-hook: ``teacher.*`` entries of older checkpoints are ignored."""
+    for key in [k for k in state_dict if k.startswith(prefix + "teacher.")]:
+        del state_dict[key]
+
+
+def _teacher_not_missing(module, incompatible_keys):
+    """load_state_dict post-hook: the teacher's own tensors are never missing."""
+    missing = incompatible_keys.missing_keys
+    missing[:] = [k for k in missing if ".teacher." not in "." + k]

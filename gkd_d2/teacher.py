@@ -3,6 +3,7 @@
 The teacher's config is a yacs yaml (``build_teacher_cfg``) or a Detectron2 LazyConfig ``.py``
 (``load_lazy_teacher_config``, its ``model`` instantiated); either may be a model-zoo name.
 """
+import hashlib
 import logging
 import os
 from urllib.parse import urlparse
@@ -12,6 +13,7 @@ from detectron2 import model_zoo
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import CfgNode, LazyConfig, get_cfg, instantiate
 from detectron2.modeling import build_model
+from detectron2.utils.file_io import PathManager
 
 from .config import add_distill_config
 
@@ -168,39 +170,50 @@ class TeacherCheckpointer(DetectionCheckpointer):
         return incompatible
 
 
-def load_teacher_weights(teacher, weights):
+def load_teacher_weights(teacher, weights, option="DISTILL.TEACHER.WEIGHTS"):
     """Load ``weights`` (local file or URL) into ``teacher``, strictly.
 
     Raises:
-        ValueError / FileNotFoundError / RuntimeError with a message naming
-        ``DISTILL.TEACHER.WEIGHTS``.
+        ValueError / FileNotFoundError / RuntimeError with a message naming ``option``.
     """
     if not weights:
         raise ValueError(
-            "DISTILL.TEACHER.WEIGHTS is empty: a teacher needs trained weights "
+            f"{option} is empty: a teacher needs trained weights "
             "(a local .pth/.pkl file or a detectron2:// model-zoo URL)."
         )
     scheme = urlparse(weights).scheme
     if scheme in ("", "file") and not os.path.isfile(weights):
-        raise FileNotFoundError(f"DISTILL.TEACHER.WEIGHTS='{weights}': no such file.")
+        raise FileNotFoundError(f"{option}='{weights}': no such file.")
     try:
         TeacherCheckpointer(teacher).load(weights)
     except (OSError, ConnectionError) as e:
         raise RuntimeError(
-            f"DISTILL.TEACHER.WEIGHTS='{weights}' could not be read ({e}). Without network "
-            "access, download the checkpoint elsewhere and point DISTILL.TEACHER.WEIGHTS at "
+            f"{option}='{weights}' could not be read ({e}). Without network "
+            f"access, download the checkpoint elsewhere and point {option} at "
             "the local file."
         ) from e
 
 
-def build_teacher(cfg):
-    """Build the frozen teacher of ``cfg``: returns ``(teacher, teacher_cfg)``.
+def file_sha256(weights) -> str:
+    """sha256 (hex) of a weights file; for a URL, of the local copy Detectron2 downloaded."""
+    path = PathManager.get_local_path(weights)
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def model_input_format(model) -> str:
+    """The channel order a built detector reads: its ``input_format``, else Detectron2's BGR."""
+    return str(getattr(model, "input_format", None) or "BGR")
+
+
+def build_teacher_model(cfg):
+    """The teacher of ``cfg``, its weights not loaded yet: ``(teacher, teacher_cfg)``.
 
     ``teacher_cfg`` is the teacher's yacs config, or for a LazyConfig teacher the node of
     :func:`lazy_teacher_cfg` (``INPUT.FORMAT``, ``MODEL.META_ARCHITECTURE``, ...).
-
-    The teacher has ``requires_grad=False`` everywhere and is in eval mode; the distillation
-    wrapper keeps it there.
     """
     if is_lazy_config(cfg.DISTILL.TEACHER.CONFIG_FILE):
         lazy = load_lazy_teacher_config(cfg)
@@ -209,6 +222,17 @@ def build_teacher(cfg):
     else:
         teacher_cfg = build_teacher_cfg(cfg)
         teacher = build_model(teacher_cfg)
+    return teacher, teacher_cfg
+
+
+def build_teacher(cfg):
+    """Build the frozen teacher of ``cfg``: returns ``(teacher, teacher_cfg)``
+    (:func:`build_teacher_model` with ``DISTILL.TEACHER.WEIGHTS`` loaded).
+
+    The teacher has ``requires_grad=False`` everywhere and is in eval mode; the distillation
+    wrapper keeps it there.
+    """
+    teacher, teacher_cfg = build_teacher_model(cfg)
     load_teacher_weights(teacher, cfg.DISTILL.TEACHER.WEIGHTS)
     freeze(teacher)
     logger.info(

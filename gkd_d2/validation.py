@@ -3,7 +3,10 @@
 Loss weights and term options are checked by each knowledge term (``knowledge/base.py``), the
 teacher/student pair by the detector families (``detectors/``).
 """
-from .config import SUPPORTED_STUDENTS
+from detectron2.config import CfgNode
+from detectron2.config import get_cfg
+
+from .config import SUPPORTED_STUDENTS, add_distill_config
 from .knowledge import KNOWLEDGE_REGISTRY
 from .pooling import INSTANCE_LEVEL_RULES, INSTANCE_POOLINGS
 from .prototypes.instances import check_sampling
@@ -48,3 +51,29 @@ def validate_distill_config(cfg):
     for key in ("OVERLAY_IMAGES", "OVERLAY_PERIOD"):
         if cfg.DISTILL.VIS[key] < 0:
             raise ValueError(f"DISTILL.VIS.{key}={cfg.DISTILL.VIS[key]}: must be >= 0 (0 = off).")
+
+
+def distill_root(distill) -> CfgNode:
+    """A config whose ``DISTILL`` node holds ``distill``'s options: a whole gkd_d2 config is
+    returned as is; a ``DISTILL`` node, or a dict of overrides of its defaults with the same
+    names (a LazyConfig's ``distill`` entry, e.g. ``{"PGM": {"NUM_PROTOTYPES": 5}}``), is merged
+    into gkd_d2's defaults. Unknown names are an error naming them."""
+    if isinstance(distill, CfgNode) and "DISTILL" in distill:
+        return distill
+    cfg = get_cfg()
+    add_distill_config(cfg)
+    overrides = CfgNode(_plain(distill or {}))
+    try:
+        cfg.DISTILL.merge_from_other_cfg(overrides)
+    except KeyError as e:
+        raise KeyError(f"distill: {e.args[0]} (the names are those of the yaml DISTILL node)") from None
+    return cfg
+
+
+def _plain(value):
+    """Nested dicts / lists of a DictConfig or CfgNode as plain python (tuples for lists)."""
+    if hasattr(value, "items"):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)) or type(value).__name__ == "ListConfig":
+        return [_plain(v) for v in value]
+    return value
