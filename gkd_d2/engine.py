@@ -165,17 +165,24 @@ class DistillTrainer(DefaultTrainer):
             self._trainer.model, self.cfg.OUTPUT_DIR, trainer=weakref.proxy(self), **extra
         )
         ret = super().build_hooks()
-        model = unwrap_model(self._trainer.model)
-        if getattr(model, "prototypes", None) is not None:
-            # Right after the LR scheduler: prototypes are fresh before the step that uses
-            # them and before any checkpoint of that iteration is written.
-            pos = next(i for i, h in enumerate(ret) if isinstance(h, hooks.LRScheduler)) + 1
-            extra_hooks = [PrototypeRefreshHook(self.cfg)]
-            if comm.get_world_size() > 1:  # every process must hold the same prototypes
-                extra_hooks.append(PrototypeAgreementHook())
-            if self.cfg.DISTILL.VIS.OVERLAY_IMAGES > 0:  # pictures of the robust weights
-                extra_hooks.append(RobustWeightOverlayHook(self.cfg))
-            ret[pos:pos] = extra_hooks
+        # Right after the LR scheduler: prototypes are fresh before the step that uses
+        # them and before any checkpoint of that iteration is written.
+        pos = next(i for i, h in enumerate(ret) if isinstance(h, hooks.LRScheduler)) + 1
+        ret[pos:pos] = prototype_hooks(self.cfg, self._trainer.model)
         # last: a signal stops training after the step's scheduler update and checkpoint hooks
         ret.append(GracefulInterruptHook())
         return ret
+
+
+def prototype_hooks(cfg, model):
+    """The hooks of a model with prototypes, to register right after the LR scheduler: the
+    refresh, the agreement check of several processes, the robust-weight pictures
+    (``DISTILL.VIS.OVERLAY_IMAGES``). None for a model without prototypes."""
+    if getattr(unwrap_model(model), "prototypes", None) is None:
+        return []
+    extra_hooks = [PrototypeRefreshHook(cfg)]
+    if comm.get_world_size() > 1:  # every process must hold the same prototypes
+        extra_hooks.append(PrototypeAgreementHook())
+    if cfg.DISTILL.VIS.OVERLAY_IMAGES > 0:  # pictures of the robust weights
+        extra_hooks.append(RobustWeightOverlayHook(cfg))
+    return extra_hooks

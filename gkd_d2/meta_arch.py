@@ -18,6 +18,7 @@ from torch import nn
 
 from .detectors import family_of
 from .detectors.levels import TeacherLevels, feature_levels
+from .lazy import fill_student_options
 from .knowledge import DistillSpec, build_knowledge_terms, knowledge_class
 from .pooling import instance_dim, pool_instances
 from .prototypes.bank import PrototypeBank
@@ -81,6 +82,8 @@ class DistillationDetector(nn.Module):
         """
         super().__init__()
         cfg = distill_root(distill)
+        if cfg is not distill:  # built from objects: the MODEL options terms read, from the student
+            cfg = fill_student_options(cfg.clone(), student)
         validate_distill_config(cfg)
         self.distill_options = cfg.DISTILL
         self.student = student
@@ -145,7 +148,7 @@ class DistillationDetector(nn.Module):
             "student": student,
             "teacher": teacher,
             "teacher_weights": cfg.DISTILL.TEACHER.WEIGHTS,
-            "distill": cfg.DISTILL,
+            "distill": cfg,  # the whole config: some terms read the student's MODEL options
             "max_iter": cfg.SOLVER.MAX_ITER,
             "input_format": cfg.INPUT.FORMAT,
             "teacher_input_format": teacher_cfg.INPUT.FORMAT,
