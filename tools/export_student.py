@@ -10,6 +10,12 @@ student's, MODEL.WEIGHTS the *absolute* path of the exported file, so the config
 directory). Stock Detectron2 loads both without gkd_d2: ``DefaultPredictor``,
 ``tools/train_net.py --eval-only``.
 
+For a LazyConfig run (``--config-file`` a ``.py``): ``exported/config.yaml`` is a stock
+LazyConfig (``LazyConfig.load`` + ``instantiate`` without gkd_d2): ``model`` is the student's
+own LazyConfig model, ``train.init_checkpoint`` the absolute path of the exported weights, and
+``dataloader`` / ``optimizer`` / ``lr_multiplier`` / ``train`` are the run's, so Detectron2's
+``tools/lazyconfig_train_net.py --eval-only`` evaluates it.
+
 ``DATASETS.TRAIN`` / ``TEST`` keep only the names stock Detectron2 knows (its builtin COCO,
 VOC, ... names); gkd_d2's own datasets (``gkd_synth_*``, ``gkd_shapes_*``, the
 ``DATASETS.COCO_JSON`` entries) are removed, and a comment at the top of config.yaml gives the
@@ -20,9 +26,13 @@ import os
 import sys
 
 import torch
+from detectron2.config import LazyConfig
 from detectron2.data import DatasetCatalog
+from omegaconf import OmegaConf
 from gkd_d2.config import load_config, plain_detectron2_config
 from gkd_d2.data.builtin import gkd_dataset_files
+from gkd_d2.lazy import dataset_names, student_lazy_model
+from gkd_d2.teacher import is_lazy_config
 
 PREFIX = "student."
 
@@ -89,7 +99,39 @@ def student_state_dict(checkpoint_path):
     return student
 
 
+def export_lazy(config_file, checkpoint, output_dir, opts=()):
+    """The LazyConfig export (module doc): ``(config path, weights path)``."""
+    lazy = LazyConfig.apply_overrides(LazyConfig.load(config_file), list(opts))
+    student = student_lazy_model(lazy)
+    state = student_state_dict(checkpoint)
+    os.makedirs(output_dir, exist_ok=True)
+    weights = os.path.abspath(os.path.join(output_dir, "model_final.pth"))
+    torch.save({"model": state, "__author__": "gkd_d2 export_student"}, weights)
+    out = OmegaConf.create(flags={"allow_objects": True})
+    out.model = student
+    for key in ("dataloader", "optimizer", "lr_multiplier", "train"):
+        if key in lazy:
+            out[key] = lazy[key]
+    if "train" in out:
+        out.train.init_checkpoint = weights
+    config = os.path.join(output_dir, "config.yaml")
+    LazyConfig.save(out, config)
+    with open(config) as f:
+        text = f.read()
+    names = dataset_names(lazy.dataloader.train) + dataset_names(lazy.dataloader.get("test", {}))
+    header = [
+        f"# Student exported by gkd_d2 (tools/export_student.py) from {os.path.abspath(config_file)}",
+        f"# and {os.path.abspath(checkpoint)}: a stock Detectron2 LazyConfig, train.init_checkpoint absolute.",
+        f"# Its datasets {sorted(set(names))} must be registered before instantiating the dataloaders.",
+    ]
+    with open(config, "w") as f:
+        f.write("\n".join(header) + "\n" + text)
+    return config, weights
+
+
 def export(config_file, checkpoint, output_dir, opts=()):
+    if is_lazy_config(config_file):
+        return export_lazy(config_file, checkpoint, output_dir, opts)
     cfg = load_config(config_file, opts)
     state = student_state_dict(checkpoint)
     os.makedirs(output_dir, exist_ok=True)
@@ -103,10 +145,10 @@ def export(config_file, checkpoint, output_dir, opts=()):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config-file", required=True, help="the distillation config")
+    parser.add_argument("--config-file", required=True, help="the distillation config (yaml or LazyConfig .py)")
     parser.add_argument("--checkpoint", required=True, help="a gkd_d2 checkpoint (.pth)")
     parser.add_argument("--output", required=True, help="folder for model_final.pth + config.yaml")
-    parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
+    parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE (yaml) or key=value (LazyConfig) overrides")
     args = parser.parse_args(argv)
     config, weights = export(args.config_file, args.checkpoint, args.output, args.opts)
     print(f"student weights: {weights}\nstudent config:  {config}")
