@@ -1,17 +1,71 @@
-"""Helpers shared by the benchmark scripts: machine description, config loading, a random
-training batch."""
+"""What the benchmark scripts share: where results go and on what machine they were measured,
+config loading, the configurations timed, a random training batch, the rows of the quality
+replica, training + evaluation of one row, and the locked update of a results file.
+
+Every script in ``benchmarks/`` (and ``benchmarks/investigations/``) imports this module and no
+other script."""
 import datetime
+import fcntl
+import json
 import os
 import platform
 import subprocess
+import time
 
 import torch
+from detectron2.layers import FrozenBatchNorm2d
 from detectron2.structures import Boxes, Instances
 
-from gkd_d2.config import load_config
+from gkd_d2.config import DEMO_CONFIGS, load_config
+from gkd_d2.schedule import METRICS
+from gkd_d2.teacher import resolve_config_file
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS = os.path.join(ROOT, "benchmarks", "results")
+
+#: teacher and student configs of the model zoo, and this project's COCO distillation config
+COCO = {
+    "faster_rcnn": ("COCO-Detection/faster_rcnn_R_101_FPN_3x.yaml", "COCO-Detection/faster_rcnn_R_50_FPN_3x.yaml",
+                    "configs/COCO/gkd_faster_rcnn_R101_to_R50_FPN_2x.yaml"),
+    "retinanet": ("COCO-Detection/retinanet_R_101_FPN_3x.yaml", "COCO-Detection/retinanet_R_50_FPN_3x.yaml",
+                  "configs/COCO/gkd_retinanet_R101_to_R50_FPN_2x.yaml"),
+}
+#: scale -> (configs, GT boxes per image as (count, first class), image size, description)
+SCALES = {
+    "demo": (DEMO_CONFIGS, ((6, 0), (4, 1), (5, 2), (3, 0)), 160,
+             "Demo configurations (teacher ResNet-34 FPN-128, student ResNet-18 FPN-64)"),
+    "coco": (COCO, ((6, 0), (4, 1)), 800,
+             "COCO configurations (teacher ResNet-101 FPN, student ResNet-50 FPN, 80 classes)"),
+}
+
+#: replica row -> (DISTILL.KNOWLEDGE, prototypes on, DISTILL.PGM.SELECTION)
+METHODS = {
+    "gkd": (["feature", "response", "global"], True, "pgm"),
+    # module ablation (Table 3)
+    "feature": (["feature"], False, "pgm"),
+    "response": (["response"], False, "pgm"),
+    "global": (["global"], True, "pgm"),
+    "feature+global": (["feature", "global"], True, "pgm"),
+    "response+global": (["response", "global"], True, "pgm"),
+    "feature+response": (["feature", "response"], False, "pgm"),
+    # prototype ablation (Table 6): the full method with other prototypes
+    "gkd-kmeans": (["feature", "response", "global"], True, "kmeans"),
+    "gkd-random": (["feature", "response", "global"], True, "random"),
+    "gkd-ambiguous": (["feature", "response", "global"], True, "ambiguous"),
+    # local-knowledge methods (Tables 1, 2) and their +prototypes variants (Table 4)
+    "chen": (["chen_cls", "chen_reg", "chen_hint"], False, "pgm"),
+    "fitnet": (["fitnet"], False, "pgm"),
+    "fgfi": (["fgfi"], False, "pgm"),
+    "defeat": (["defeat"], False, "pgm"),
+    "defeat+prototypes": (["defeat"], True, "pgm"),
+    "rkd": (["rkd"], False, "pgm"),
+    "kd": (["kd"], False, "pgm"),
+    "kd+prototypes": (["kd"], True, "pgm"),
+}
+
+__all__ = ["COCO", "DEMO_CONFIGS", "METHODS", "METRICS", "RESULTS", "ROOT", "SCALES", "fill_prototypes",
+           "load_cfg", "machine", "random_batch", "save", "sync", "tame_frozen_bn", "train_eval",
+           "zoo_or_project_cfg"]
 
 
 def machine(device="cpu"):
@@ -22,7 +76,7 @@ def machine(device="cpu"):
         name = platform.processor() or platform.machine()
         try:
             with open("/proc/cpuinfo") as f:
-                name = next(l.split(":", 1)[1].strip() for l in f if l.startswith("model name"))
+                name = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
         except (OSError, StopIteration):
             pass
     return {
@@ -51,6 +105,40 @@ def load_cfg(path, opts=()):
     return load_config(os.path.join(ROOT, path), opts)
 
 
+def zoo_or_project_cfg(path, opts):
+    """One of this project's configs, or a model-zoo config ("COCO-Detection/...")."""
+    local = os.path.join(ROOT, path)
+    return load_cfg(local if os.path.isfile(local) else resolve_config_file(path), opts)
+
+
+def sync(device):
+    """Wait for the device's queued work (CUDA), so that a timer reads the work's end."""
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def tame_frozen_bn(model):
+    """Zero the scale of the last FrozenBN of every bottleneck block (zero-init residuals), so
+    that a randomly initialised ResNet-50/101 with the zoo's FrozenBN keeps finite activations
+    (unnormalised, they overflow to Inf by the last stage and Detectron2's RPN stops with
+    "Training has diverged"). The arithmetic per step is unchanged. Returns ``model``."""
+    for name, module in model.named_modules():
+        if name.endswith("conv3.norm") and isinstance(module, FrozenBatchNorm2d):
+            module.weight.zero_()
+    return model
+
+
+def fill_prototypes(model, device):
+    """Random prototypes in every slot so the global term and robust weights do real work."""
+    bank = model.prototypes
+    if bank is not None:
+        with torch.no_grad():
+            bank.teacher.normal_()
+            bank.student.normal_()
+            bank.valid.fill_(True)
+            bank.last_refresh_iter.fill_(0)
+
+
 def random_batch(boxes_per_image, size, num_classes, seed=0):
     """Detectron2 training inputs: random ``size`` px images; image i gets ``n`` random GT boxes
     (8 px a side at least) of classes ``first, first + 1, ...`` mod ``num_classes``, for each
@@ -66,3 +154,35 @@ def random_batch(boxes_per_image, size, num_classes, seed=0):
         instances = Instances((size, size), gt_boxes=boxes, gt_classes=classes)
         batch.append({"image": image, "instances": instances, "height": size, "width": size})
     return batch
+
+
+def train_eval(cfg):
+    """Train ``cfg`` with :class:`gkd_d2.DistillTrainer`, then evaluate it on ``DATASETS.TEST``.
+    Returns ({metric: value} of :data:`METRICS`, training seconds)."""
+    from gkd_d2 import DistillTrainer
+    from gkd_d2.utils import unwrap_model
+
+    trainer = DistillTrainer(cfg)
+    trainer.resume_or_load(resume=False)
+    start = time.perf_counter()
+    trainer.train()
+    seconds = time.perf_counter() - start
+    bbox = DistillTrainer.test(cfg, unwrap_model(trainer.model))["bbox"]
+    return {k: float(bbox[k]) for k in METRICS}, seconds
+
+
+def save(record, path, key_fields=("detector", "method", "seed", "device")):
+    """Add ``record`` to the json list at ``path``, replacing the record with the same
+    ``key_fields``; safe for several processes sharing one results file (an exclusive lock around
+    read-modify-write, and the new list renamed into place). ``date`` is set to now: when the
+    row finished."""
+    record = {**record, "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+    key = lambda r: tuple(r.get(k) for k in key_fields)  # noqa: E731
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path + ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        records = json.load(open(path)) if os.path.isfile(path) else []
+        records = [r for r in records if key(r) != key(record)] + [record]
+        with open(path + ".tmp", "w") as f:
+            json.dump(records, f, indent=1)
+        os.replace(path + ".tmp", path)

@@ -43,9 +43,9 @@ from detectron2.utils.logger import setup_logger
 from gkd_d2 import DistillationCheckpointer, DistillTrainer
 from gkd_d2.config import DEMO_CONFIGS, load_config
 from gkd_d2.data.builtin import GENERATED_DATASETS, generated_dataset_opts, register_datasets_from_cfg
+from gkd_d2.schedule import METRICS, finetune_schedule, schedule
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 FINETUNE_ALONE, FINETUNE_GKD = "student fine-tuned alone", "student + global knowledge"
 
 
@@ -53,24 +53,6 @@ def load_cfg(path, opts):
     cfg = load_config(os.path.join(ROOT, path), opts)
     cfg.freeze()
     return cfg
-
-
-def schedule(iters):
-    """Step the learning rate down at 75% and 92% of the run, warm up over at most 20%."""
-    return [
-        "SOLVER.MAX_ITER", str(iters),
-        "SOLVER.STEPS", f"({int(iters * 0.75)}, {int(iters * 0.92)})",
-        "SOLVER.WARMUP_ITERS", str(min(100, max(1, iters // 5))),
-    ]
-
-
-def finetune_schedule(iters):
-    """The paper's fine-tuning schedule, scaled: warm-up 5%, steps at 2/3 and 11/12."""
-    return [
-        "SOLVER.MAX_ITER", str(iters),
-        "SOLVER.STEPS", f"({int(iters * 2 / 3)}, {int(iters * 11 / 12)})",
-        "SOLVER.WARMUP_ITERS", str(max(1, iters // 20)),
-    ]
 
 
 def train_and_evaluate(cfg, retrain):
