@@ -17,11 +17,16 @@ from detectron2.layers import FrozenBatchNorm2d
 from detectron2.structures import Boxes, Instances
 
 from gkd_d2.config import DEMO_CONFIGS, load_config
+from gkd_d2.data.builtin import GENERATED_DATASETS, generated_dataset_opts
 from gkd_d2.schedule import METRICS
 from gkd_d2.teacher import resolve_config_file
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS = os.path.join(ROOT, "benchmarks", "results")
+#: where the scripts of ``benchmarks/investigations`` write their records
+INVESTIGATION_RESULTS = os.path.join(ROOT, "benchmarks", "investigations", "results")
+#: the replica's images: train, val, side in pixels
+DATA_SIZES = (2000, 200, 160)
 
 #: teacher and student configs of the model zoo, and this project's COCO distillation config
 COCO = {
@@ -63,8 +68,8 @@ METHODS = {
     "kd+prototypes": (["kd"], True, "pgm"),
 }
 
-__all__ = ["COCO", "DEMO_CONFIGS", "METHODS", "METRICS", "RESULTS", "ROOT", "SCALES", "fill_prototypes",
-           "load_cfg", "machine", "random_batch", "save", "sync", "tame_frozen_bn", "train_eval",
+__all__ = ["COCO", "DATA_SIZES", "DEMO_CONFIGS", "INVESTIGATION_RESULTS", "METHODS", "METRICS", "RESULTS", "ROOT", "SCALES", "data_opts",
+           "fill_prototypes", "load_cfg", "machine", "random_batch", "save", "sync", "tame_frozen_bn", "train_eval",
            "zoo_or_project_cfg"]
 
 
@@ -103,6 +108,23 @@ def code_version():
 def load_cfg(path, opts=()):
     """:func:`gkd_d2.config.load_config` of ``path`` relative to the repository root."""
     return load_config(os.path.join(ROOT, path), opts)
+
+
+def data_opts(dataset, device, workers, num_train=DATA_SIZES[0], num_val=DATA_SIZES[1], image_size=DATA_SIZES[2]):
+    """Config overrides every replica run shares: the device, the ``dataset``'s splits and sizes,
+    and its number of classes (student and teacher). The splits live under
+    ``output/replica/<dataset>/data`` at the default sizes and under ``data_<train>x<size>_val<val>``
+    at others: a generated folder is regenerated when its parameters change, so runs of other
+    sizes must not share it with runs still reading it."""
+    node = GENERATED_DATASETS[dataset][0]
+    folder = "data" if (num_train, num_val, image_size) == DATA_SIZES else \
+        f"data_{num_train}x{image_size}_val{num_val}"
+    return [
+        "MODEL.DEVICE", device, "DATALOADER.NUM_WORKERS", str(workers),
+        *generated_dataset_opts(dataset, root=os.path.join("output", "replica", dataset, folder)),
+        f"DATASETS.{node}.NUM_TRAIN", str(num_train), f"DATASETS.{node}.NUM_VAL", str(num_val),
+        f"DATASETS.{node}.IMAGE_SIZE", str(image_size),
+    ]
 
 
 def zoo_or_project_cfg(path, opts):

@@ -35,9 +35,9 @@ from detectron2.modeling import build_model
 from detectron2.utils.events import EventStorage
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_cost import SCALES, fill_prototypes, tame_frozen_bn, zoo_or_project_cfg  # noqa: E402
-from common import RESULTS, load_cfg, machine, random_batch  # noqa: E402
-from quality import save  # noqa: E402
+from common import (  # noqa: E402
+    RESULTS, SCALES, fill_prototypes, load_cfg, machine, random_batch, save, tame_frozen_bn, zoo_or_project_cfg,
+)
 
 from gkd_d2 import DistillationCheckpointer  # noqa: E402
 
@@ -49,7 +49,7 @@ def loss_ratios(losses):
 
 
 def run(detector, scale, iters, device, teacher_weights="", student_weights=""):
-    configs, _, boxes, size, _ = SCALES[scale]
+    configs, boxes, size, _ = SCALES[scale]
     teacher_yaml, _, gkd_yaml = configs[detector]
     num_classes = 80 if scale == "coco" else 5
     if not teacher_weights:  # random teacher, saved so the wrapper loads it the usual way

@@ -16,7 +16,7 @@ same schedule without distillation (``student-finetune``, the fair control).
    most of the run, ``benchmarks/NOTES.md``) with the same schedule (warm-up 5%, steps at 2/3
    and 11/12, as the paper's 500 / 16 / 22 of 24 epochs); ``student-finetune`` has no knowledge term (``DISTILL.KNOWLEDGE []``, the same
    wrapper, the same frozen BatchNorm), the others have the gkd_d2 defaults except the terms
-   of their row (``quality.METHODS``) and ``--opts``; ``--student-weights`` starts them from
+   of their row (``common.METHODS``) and ``--opts``; ``--student-weights`` starts them from
    another student instead (a second round from a control's exported student, to see whether
    the student has reached its plateau and whether distillation still helps there).
 
@@ -37,22 +37,20 @@ from detectron2.utils.env import seed_all_rng
 from detectron2.utils.logger import setup_logger
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import RESULTS, load_cfg, machine  # noqa: E402
-from quality import METHODS, METRICS, save, train_eval  # noqa: E402
+from common import (  # noqa: E402
+    DATA_SIZES, DEMO_CONFIGS, METHODS, METRICS, RESULTS, data_opts, load_cfg, machine, save, train_eval,
+)
 
-from gkd_d2.config import DEMO_CONFIGS  # noqa: E402
-from gkd_d2.data.builtin import GENERATED_DATASETS, generated_dataset_opts, register_datasets_from_cfg  # noqa: E402
+from gkd_d2.data.builtin import GENERATED_DATASETS, register_datasets_from_cfg  # noqa: E402
+from gkd_d2.schedule import FINETUNE_STEPS, TRAIN_STEPS, schedule  # noqa: E402
 
 ROWS = ["student-finetune"] + list(METHODS)
 KEY = ("detector", "dataset", "method", "seed", "device")
 
 
-def schedule(iters, ims, lr, warmup_frac, steps=(0.75, 0.92)):
-    return [
-        "SOLVER.MAX_ITER", str(iters), "SOLVER.IMS_PER_BATCH", str(ims), "SOLVER.BASE_LR", str(lr),
-        "SOLVER.STEPS", f"({int(iters * steps[0])}, {int(iters * steps[1])})",
-        "SOLVER.WARMUP_ITERS", str(max(1, int(iters * warmup_frac))),
-    ]
+def solver(iters, ims, lr, steps=TRAIN_STEPS):
+    """The shared schedule rule (:mod:`gkd_d2.schedule`) with the replica's batch and learning rate."""
+    return schedule(iters, steps) + ["SOLVER.IMS_PER_BATCH", str(ims), "SOLVER.BASE_LR", str(lr)]
 
 
 def eval_curve(output_dir, iters):
@@ -71,26 +69,6 @@ def finished(path, record):
     return any(all(r.get(k) == record[k] for k in KEY) for r in json.load(open(path)))
 
 
-DATA_SIZES = (2000, 200, 160)  # the replica's images: train, val, side in pixels
-
-
-def data_opts(dataset, device, workers, num_train=DATA_SIZES[0], num_val=DATA_SIZES[1], image_size=DATA_SIZES[2]):
-    """Config overrides every replica run shares: the device, the ``dataset``'s splits and sizes,
-    and its number of classes (student and teacher). The splits live under
-    ``output/replica/<dataset>/data`` at the default sizes and under ``data_<train>x<size>_val<val>``
-    at others: a generated folder is regenerated when its parameters change, so runs of other
-    sizes must not share it with runs still reading it."""
-    node = GENERATED_DATASETS[dataset][0]
-    folder = "data" if (num_train, num_val, image_size) == DATA_SIZES else \
-        f"data_{num_train}x{image_size}_val{num_val}"
-    return [
-        "MODEL.DEVICE", device, "DATALOADER.NUM_WORKERS", str(workers),
-        *generated_dataset_opts(dataset, root=os.path.join("output", "replica", dataset, folder)),
-        f"DATASETS.{node}.NUM_TRAIN", str(num_train), f"DATASETS.{node}.NUM_VAL", str(num_val),
-        f"DATASETS.{node}.IMAGE_SIZE", str(image_size),
-    ]
-
-
 def pretrain(name, yaml, opts, iters, args, base, path, out=None):
     """Train one model alone for ITERS, evaluated 6 times. Returns (weights, record): the record
     keeps the curve. A run whose model_final.pth exists is not trained again."""
@@ -98,7 +76,7 @@ def pretrain(name, yaml, opts, iters, args, base, path, out=None):
     weights = os.path.join(out, "model_final.pth")
     record = {**base, "method": name, "seed": 0, "iters": iters}
     if not os.path.isfile(weights):
-        cfg = load_cfg(yaml, opts + schedule(iters, args.ims_per_batch, args.lr, 0.05)
+        cfg = load_cfg(yaml, opts + solver(iters, args.ims_per_batch, args.lr)
                        + ["OUTPUT_DIR", out, "TEST.EVAL_PERIOD", str(max(1, iters // 6))])
         seed_all_rng(0)
         ap, sec = train_eval(cfg)
@@ -116,7 +94,7 @@ def pretrain(name, yaml, opts, iters, args, base, path, out=None):
 def plateau_search(train, iters, tol, max_iters):
     """Double a schedule until doubling it no longer pays: ``train(n)`` trains from scratch for n
     iterations and returns (weights, AP); the search stops at the first n whose AP is within TOL
-    of the AP at n / 2 (the issue's plateau: two checkpoints < 0.3 AP apart), or when 2n would
+    of the AP at n / 2 (a plateau: two checkpoints < 0.3 AP apart), or when 2n would
     exceed MAX_ITERS. Returns (weights, iters, schedules, reached): the longest schedule trained,
     [[n, AP], ...] of every schedule, and whether the plateau was reached (None for TOL <= 0: one
     schedule, no check)."""
@@ -195,7 +173,7 @@ def main():
     p.add_argument("--workers", type=int, default=0, help="DATALOADER.NUM_WORKERS")
     p.add_argument("--plateau-tol", type=float, default=0.0,
                    help="train the teacher and the student alone on doubled schedules until two successive "
-                        "schedules' AP differ by less than this (the issue's 0.3), then fine-tune every row as long "
+                        "schedules' AP differ by less than this (e.g. 0.3), then fine-tune every row as long "
                         "as the student was trained; needs a --schedule-tag; 0: one schedule each")
     p.add_argument("--max-pretrain-iters", type=int, default=38400,
                    help="with --plateau-tol: the longest schedule tried")
@@ -210,7 +188,7 @@ def main():
     p.add_argument("--results", default=os.path.join(RESULTS, "quality_finetune.json"))
     p.add_argument("--rerun", action="store_true", help="run rows that have a record already")
     p.add_argument("--teacher-weights", default="",
-                   help="a teacher already trained with --teacher-iters on this data (e.g. by probe_data.py)")
+                   help="a teacher already trained with --teacher-iters on this data (e.g. by investigations/probe_data.py)")
     p.add_argument("--student-weights", default="",
                    help="start every row from this plain Detectron2 student checkpoint instead of the "
                         "pre-trained student (e.g. a control's student exported with tools/export_student.py, "
@@ -238,8 +216,8 @@ def main():
     register_datasets_from_cfg(load_cfg(teacher_yaml, common))
 
     if args.teacher_weights:
-        teacher_w = reuse_teacher(args.teacher_weights, teacher_yaml, common + schedule(
-            args.teacher_iters, args.ims_per_batch, args.lr, 0.05), args.teacher_iters, args, base, path,
+        teacher_w = reuse_teacher(args.teacher_weights, teacher_yaml, common + solver(
+            args.teacher_iters, args.ims_per_batch, args.lr), args.teacher_iters, args, base, path,
             args.teacher_weights)
     else:
         teacher_w, args.teacher_iters = pretrain_to_plateau("teacher", teacher_yaml, common, args.teacher_iters, args,
@@ -250,7 +228,7 @@ def main():
         student_w, args.student_iters = pretrain_to_plateau("student-pretrained", student_yaml, common,
                                                             args.student_iters, args, base, path)
     args.iters = args.iters or args.student_iters
-    finetune = schedule(args.iters, args.ims_per_batch, args.lr, 0.05, steps=(2 / 3, 11 / 12))
+    finetune = solver(args.iters, args.ims_per_batch, args.lr, FINETUNE_STEPS)
     for seed in args.seeds:
         for row in args.rows:
             name = (row if row == "student-finetune" else row + args.tag) + args.schedule_tag

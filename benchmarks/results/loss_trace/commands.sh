@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Reproduces head_legacy_options_*.json (see README.md here); compare with before_issue13_*.json.
+# Reproduces legacy_options_*.json (see README.md here); compares with reference_84ca447_*.json.
 set -euo pipefail
 cd "$(dirname "$0")/../../.."
 export OMP_NUM_THREADS=1
@@ -13,5 +13,5 @@ for det in retinanet faster_rcnn; do
   eval .venv/bin/python benchmarks/loss_trace.py --config configs/Demo/gkd_${det}_R34_to_R18_FPN.yaml \
     --out "$OUT/head_$det.json" $D SOLVER.MAX_ITER 20 DISTILL.TEACHER.WEIGHTS "$OUT/teacher_$det/model_final.pth" \
     OUTPUT_DIR "$OUT/out_head_$det" DISTILL.PGM.PERIOD 10 $LEGACY
-  .venv/bin/python benchmarks/loss_trace.py --compare benchmarks/results/loss_trace/before_issue13_$det.json "$OUT/head_$det.json"
+  .venv/bin/python benchmarks/loss_trace.py --compare benchmarks/results/loss_trace/reference_84ca447_$det.json "$OUT/head_$det.json"
 done

@@ -21,11 +21,11 @@ and ``heads`` (RPN + RoI heads, or RetinaNet's head). Per group and term:
   gradient's own ``cos_heldout`` (first half against second half) is the ceiling: how
   consistent the detection direction is between batches at all.
 
-    python benchmarks/probe_gradients.py --detector faster_rcnn
-    python benchmarks/probe_gradients.py --detector retinanet \
+    python benchmarks/investigations/probe_gradients.py --detector faster_rcnn
+    python benchmarks/investigations/probe_gradients.py --detector retinanet \
         --teacher output/probe_data_v3_t4800/retinanet/teacher/model_final.pth
 
-Writes ``benchmarks/results/probe_gradients_<detector>.json``.
+Writes ``benchmarks/investigations/results/probe_gradients_<detector>.json``.
 """
 import json
 import os
@@ -36,8 +36,8 @@ import torch
 from detectron2.utils.env import seed_all_rng
 from detectron2.utils.events import EventStorage
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import RESULTS, machine  # noqa: E402
+sys.path[:0] = [os.path.dirname(os.path.abspath(__file__)), os.path.dirname(os.path.dirname(os.path.abspath(__file__)))]
+from common import INVESTIGATION_RESULTS as RESULTS, machine  # noqa: E402
 from probe_common import replica_checkpoints, replica_probe_cfg, replica_probe_parser  # noqa: E402
 
 from gkd_d2 import DistillationCheckpointer, DistillTrainer  # noqa: E402

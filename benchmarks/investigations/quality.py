@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """CPU/GPU-scale replica of the paper's comparison (Tables 1, 2, 4): AP of each method.
 
-    python benchmarks/quality.py --detector faster_rcnn --device cuda --seeds 0 1 \
+    python benchmarks/investigations/quality.py --detector faster_rcnn --device cuda --seeds 0 1 \
         --methods student gkd feature response global defeat kd fitnet fgfi rkd chen
 
 Data: the synthetic "ambiguous instances" COCO dataset (``--num-train`` images of
@@ -9,55 +9,23 @@ Data: the synthetic "ambiguous instances" COCO dataset (``--num-train`` images o
 trained once from scratch, and the demo's student (ResNet-18 FPN-64) trained from scratch for
 every row and seed with the same schedule. Each row appends a record
 ``{detector, method, seed, AP, AP50, AP75, APs, APm, APl, device, ...}`` to
-``benchmarks/results/quality.json`` (replacing an older record of the same row).
+``benchmarks/investigations/results/quality.json`` (replacing an older record of the same row).
 """
 import argparse
-import datetime
-import fcntl
-import json
 import logging
 import os
 import sys
-import time
 
 import torch
 from detectron2.utils.env import seed_all_rng
 from detectron2.utils.logger import setup_logger
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import RESULTS, load_cfg, machine  # noqa: E402
+sys.path[:0] = [os.path.dirname(os.path.abspath(__file__)), os.path.dirname(os.path.dirname(os.path.abspath(__file__)))]
+from common import DEMO_CONFIGS, INVESTIGATION_RESULTS as RESULTS, METHODS, METRICS, load_cfg, machine, save, train_eval  # noqa: E402
 
 from gkd_d2 import DistillationCheckpointer, DistillTrainer  # noqa: E402
-from gkd_d2.config import DEMO_CONFIGS  # noqa: E402
 from gkd_d2.data.builtin import register_datasets_from_cfg  # noqa: E402
-from gkd_d2.utils import unwrap_model  # noqa: E402
 
-CONFIGS = DEMO_CONFIGS  # the name probe_data.py imports
-# method name -> (DISTILL.KNOWLEDGE, prototypes on, DISTILL.PGM.SELECTION)
-METHODS = {
-    "gkd": (["feature", "response", "global"], True, "pgm"),
-    # module ablation (Table 3)
-    "feature": (["feature"], False, "pgm"),
-    "response": (["response"], False, "pgm"),
-    "global": (["global"], True, "pgm"),
-    "feature+global": (["feature", "global"], True, "pgm"),
-    "response+global": (["response", "global"], True, "pgm"),
-    "feature+response": (["feature", "response"], False, "pgm"),
-    # prototype ablation (Table 6): the full method with other prototypes
-    "gkd-kmeans": (["feature", "response", "global"], True, "kmeans"),
-    "gkd-random": (["feature", "response", "global"], True, "random"),
-    "gkd-ambiguous": (["feature", "response", "global"], True, "ambiguous"),
-    # local-knowledge methods (Tables 1, 2) and their +prototypes variants (Table 4)
-    "chen": (["chen_cls", "chen_reg", "chen_hint"], False, "pgm"),
-    "fitnet": (["fitnet"], False, "pgm"),
-    "fgfi": (["fgfi"], False, "pgm"),
-    "defeat": (["defeat"], False, "pgm"),
-    "defeat+prototypes": (["defeat"], True, "pgm"),
-    "rkd": (["rkd"], False, "pgm"),
-    "kd": (["kd"], False, "pgm"),
-    "kd+prototypes": (["kd"], True, "pgm"),
-}
-METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 # This replica trains every student from scratch (the regime before benchmarks/replica.py) with
 # the paper-text forms its recorded figures were measured with: these options reproduce them.
 FROM_SCRATCH_OPTS = [
@@ -68,38 +36,13 @@ FROM_SCRATCH_OPTS = [
 
 
 def schedule(iters, ims, lr):
+    """The schedule this replica's records were measured with (warm-up 10%, at most 200
+    iterations; steps at 3/4 and 23/25); the current runs use :mod:`gkd_d2.schedule`."""
     return [
         "SOLVER.MAX_ITER", str(iters), "SOLVER.IMS_PER_BATCH", str(ims), "SOLVER.BASE_LR", str(lr),
         "SOLVER.STEPS", f"({int(iters * 0.75)}, {int(iters * 0.92)})",
         "SOLVER.WARMUP_ITERS", str(min(200, iters // 10)),
     ]
-
-
-def train_eval(cfg):
-    trainer = DistillTrainer(cfg)
-    trainer.resume_or_load(resume=False)
-    start = time.perf_counter()
-    trainer.train()
-    seconds = time.perf_counter() - start
-    model = unwrap_model(trainer.model)
-    bbox = DistillTrainer.test(cfg, model)["bbox"]
-    return {k: float(bbox[k]) for k in METRICS}, seconds
-
-
-def save(record, path, key_fields=("detector", "method", "seed", "device")):
-    """Add ``record`` to the json list at ``path``, replacing the record with the same
-    ``key_fields``; safe for several processes sharing one results file (an exclusive lock around
-    read-modify-write, and the new list renamed into place). ``date`` is set to now: when the
-    row finished."""
-    record = {**record, "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
-    key = lambda r: tuple(r.get(k) for k in key_fields)  # noqa: E731
-    with open(path + ".lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        records = json.load(open(path)) if os.path.isfile(path) else []
-        records = [r for r in records if key(r) != key(record)] + [record]
-        with open(path + ".tmp", "w") as f:
-            json.dump(records, f, indent=1)
-        os.replace(path + ".tmp", path)
 
 
 def main():

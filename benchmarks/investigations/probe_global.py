@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Why does the global term not transfer at the replica's scale? Probe trained students.
 
-For the teacher and each trained student of ``benchmarks/quality.py`` (its ``model_final.pth``),
+For the teacher and each trained student of ``benchmarks/investigations/quality.py`` (its ``model_final.pth``),
 pool every validation GT instance at its assigned FPN level (7x7 ROIAlign, spatial mean: the
 features the global term sees) and measure, on the validation set:
 
@@ -25,7 +25,7 @@ A student trained with the global term should have a smaller ``global`` and ``re
 student alone; whether that comes with more class knowledge (``ncm``) and AP says whether the
 teacher's global knowledge is worth having at this scale.
 
-    python benchmarks/probe_global.py --detector faster_rcnn --runs student_s0 global_s0 response_s0
+    python benchmarks/investigations/probe_global.py --detector faster_rcnn --runs student_s0 global_s0 response_s0
 """
 import os
 import sys
@@ -36,8 +36,8 @@ from PIL import Image
 from detectron2.modeling.poolers import ROIPooler
 from detectron2.structures import Boxes
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from probe_common import probe_model, probe_parser, run_state, validation_inputs, write_probe  # noqa: E402
+sys.path[:0] = [os.path.dirname(os.path.abspath(__file__)), os.path.dirname(os.path.dirname(os.path.abspath(__file__)))]
+from probe_common import ncm, probe_model, probe_parser, run_state, validation_inputs, write_probe  # noqa: E402
 
 from gkd_d2.knowledge.losses import global_knowledge_loss  # noqa: E402
 from gkd_d2.pooling import POOL_SIZE, assign_level_index, pool_instances  # noqa: E402
@@ -106,16 +106,6 @@ def geometry_correlations(x, classes, colours):
     colour = -torch.cdist(colours, colours)[iu[0], iu[1]]
     corr = lambda a, b: float(torch.corrcoef(torch.stack([a, b]))[0, 1])  # noqa: E731
     return {"r_class": corr(cos, same), "r_colour": corr(cos, colour)}
-
-
-def ncm(x, classes, num_classes, keep=None):
-    """Cosine nearest-class-mean accuracy: means from even-indexed instances, scored on odd."""
-    x = torch.nn.functional.normalize(x, dim=1)
-    fit = torch.arange(len(x)) % 2 == 0
-    means = torch.stack([x[fit & (classes == c)].mean(0) for c in range(num_classes)])
-    pred = (x @ torch.nn.functional.normalize(means, dim=1).t()).argmax(1)
-    score = ~fit if keep is None else ~fit & keep
-    return float((pred[score] == classes[score]).float().mean())
 
 
 def rel_gap(x_s, x_t, levels):

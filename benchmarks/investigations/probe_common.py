@@ -1,4 +1,4 @@
-"""What the probes share. ``probe_global.py`` and ``probe_feature.py`` (trained runs of
+"""What the probes of ``benchmarks/investigations`` share (a library: no script of its own). ``probe_global.py`` and ``probe_feature.py`` (trained runs of
 ``quality.py``, or of ``replica.py`` with ``--output output/replica/shapes --dataset shapes``):
 their command line, the distillation model they load the runs into, their results file.
 ``probe_robust.py`` and ``probe_gradients.py`` (a trained pair of ``replica.py``): their command
@@ -10,13 +10,16 @@ import sys
 
 import torch
 
-from common import RESULTS, load_cfg, machine
+from common import INVESTIGATION_RESULTS as RESULTS, data_opts, load_cfg, machine
 
 from detectron2.data import DatasetCatalog
+from detectron2.modeling.meta_arch.dense_detector import permute_to_N_HWA_K
+from detectron2.structures import Boxes, pairwise_iou
 
 from gkd_d2 import DistillTrainer
 from gkd_d2.config import DEMO_CONFIGS
 from gkd_d2.data.builtin import GENERATED_DATASETS, generated_dataset_opts, register_datasets_from_cfg
+from gkd_d2.pooling import pool_instances
 from gkd_d2.prototypes.instances import load_test_inputs, sample_instances
 
 
@@ -75,8 +78,6 @@ def replica_checkpoints(args, names):
 def replica_probe_cfg(args, teacher_weights):
     """The gkd config of ``args.detector`` on replica.py's shapes data, with that teacher; the
     datasets registered."""
-    from replica import data_opts
-
     cfg = load_cfg(DEMO_CONFIGS[args.detector][2], data_opts(
         "shapes", "cpu", 0, args.num_train, args.num_val, args.image_size) + ["DISTILL.TEACHER.WEIGHTS", teacher_weights])
     register_datasets_from_cfg(cfg)
@@ -137,3 +138,50 @@ def write_probe(name, args, payload):
     with open(path, "w") as f:
         json.dump({"machine": machine("cpu"), **payload}, f, indent=1)
     print("wrote", path)
+
+
+def ncm(x, classes, num_classes, keep=None):
+    """Cosine nearest-class-mean accuracy: means from even-indexed instances, scored on odd."""
+    x = torch.nn.functional.normalize(x, dim=1)
+    fit = torch.arange(len(x)) % 2 == 0
+    means = torch.stack([x[fit & (classes == c)].mean(0) for c in range(num_classes)])
+    pred = (x @ torch.nn.functional.normalize(means, dim=1).t()).argmax(1)
+    score = ~fit if keep is None else ~fit & keep
+    return float((pred[score] == classes[score]).float().mean())
+
+
+@torch.no_grad()
+def own_view(model, inputs, boxes, batch=16):
+    """What the detector itself does with each GT box: (its own class prediction (N,), the FPN
+    features pooled at the level the detector itself uses for the box (N, D)).
+
+    RetinaNet: the classification head's argmax at the anchor of highest IoU with the box, and the
+    pooled features at that anchor's level (its anchor sizes, not the canonical 224 px rule,
+    decide which level detects a box). Faster R-CNN: the box head's argmax (background excluded)
+    on the GT box, pooled by its own box pooler (canonical rule, P2-P5)."""
+    heads = getattr(model, "roi_heads", None)
+    preds, feats_out = [], []
+    for s in range(0, len(inputs), batch):
+        images = model.preprocess_image(inputs[s : s + batch])
+        feats = model.backbone(images.tensor)
+        bx = [b.to(images.tensor.device) for b in boxes[s : s + batch]]
+        if heads is not None:
+            x = heads.box_pooler([feats[f] for f in heads.box_in_features], [Boxes(b) for b in bx])
+            scores, _ = heads.box_predictor(heads.box_head(x))
+            preds.append(scores[:, :-1].argmax(1))
+            feats_out.append(x.mean(dim=(2, 3)))
+            continue
+        levels = list(model.head_in_features)
+        flist = [feats[f] for f in levels]
+        anchors = model.anchor_generator(flist)
+        level_of = torch.cat([torch.full((len(a),), i, dtype=torch.long) for i, a in enumerate(anchors)])
+        all_anchors = Boxes.cat(anchors)
+        logits = torch.cat([permute_to_N_HWA_K(x, model.num_classes) for x in model.head(flist)[0]], dim=1)
+        level_index = []
+        for i, b in enumerate(bx):
+            best = pairwise_iou(Boxes(b), all_anchors).argmax(dim=1)
+            preds.append(logits[i, best].argmax(1))
+            level_index.append(level_of[best.cpu()])
+        strides = {f: model.backbone.output_shape()[f].stride for f in levels}
+        feats_out.append(pool_instances(feats, levels, strides, bx, torch.cat(level_index).to(bx[0].device)))
+    return torch.cat(preds).cpu(), torch.cat(feats_out).float().cpu()

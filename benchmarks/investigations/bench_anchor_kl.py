@@ -2,13 +2,13 @@
 """The RetinaNet response term's per-anchor binary KL: this project's fused autograd function
 against the same formula written with PyTorch's composite ops, in one run.
 
-    python benchmarks/bench_anchor_kl.py [--device cuda] [--iters 5]
+    python benchmarks/investigations/bench_anchor_kl.py [--device cuda] [--iters 5]
 
 Shape: the COCO-scale step of ``bench_cost.py --scale coco``: two 800 x 800 images, 9 anchors
 per cell on P3-P7 (120,087 anchors per image), 80 classes, i.e. (2, 120087, 80) logits.
 Timed: forward + backward of ``sum(w * KL)`` with a random per-anchor weight, median of
 ``--iters`` interleaved runs. Also: the largest difference between the two values and
-gradients. Results: ``benchmarks/results/anchor_kl.json`` under the device kind.
+gradients. Results: ``benchmarks/investigations/results/anchor_kl.json`` under the device kind.
 """
 import argparse
 import json
@@ -20,8 +20,8 @@ import time
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import RESULTS, machine  # noqa: E402
+sys.path[:0] = [os.path.dirname(os.path.abspath(__file__)), os.path.dirname(os.path.dirname(os.path.abspath(__file__)))]
+from common import INVESTIGATION_RESULTS as RESULTS, machine  # noqa: E402
 
 from gkd_d2.knowledge.losses import anchor_binary_kl  # noqa: E402
 

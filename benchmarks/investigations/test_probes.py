@@ -1,11 +1,16 @@
-"""The measurements of the probes in ``benchmarks/`` (global, robust, gradients, feature) on hand-made values."""
+"""The measurements of the probes (global, robust, gradients, feature) on hand-made values.
+
+    python -m pytest -q benchmarks/investigations/test_probes.py
+"""
 import os
 import sys
 
 import pytest
 import torch
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:0] = [HERE, os.path.dirname(HERE)]
+import probe_common  # noqa: E402
 import probe_global  # noqa: E402
 import probe_robust  # noqa: E402
 
@@ -15,9 +20,9 @@ def test_ncm_fits_on_even_scores_on_odd():
     e0, e1 = torch.tensor([1.0, 0.0]), torch.tensor([0.0, 1.0])
     x = torch.stack([e0, e0, e1, e0, e1, e1])  # fit: 0, 2, 4; scored: 1, 3, 5
     classes = torch.tensor([0, 0, 1, 1, 1, 1])
-    assert probe_global.ncm(x, classes, 2) == pytest.approx(2 / 3)  # 1 right, 3 wrong, 5 right
+    assert probe_common.ncm(x, classes, 2) == pytest.approx(2 / 3)  # 1 right, 3 wrong, 5 right
     only_class_1 = classes == 1
-    assert probe_global.ncm(x, classes, 2, keep=only_class_1) == pytest.approx(1 / 2)
+    assert probe_common.ncm(x, classes, 2, keep=only_class_1) == pytest.approx(1 / 2)
 
 
 def test_rel_gap_is_zero_for_the_teacher_and_exact_otherwise():
@@ -95,43 +100,3 @@ def test_linear_r2_is_one_for_a_linear_teacher_and_near_zero_for_noise():
     assert -0.1 < r2 < 0.05  # nothing to read: no better than the channel means
     s1, s2 = torch.tensor([2.0, 0.0]), torch.tensor([2.0, 8.0])  # channel 0: 1, 1 (var 0); channel 1: 2, -2 (var 4)
     assert probe_feature.per_channel_variance(s1, s2, 2) == pytest.approx(2.0)
-
-
-def test_plateau_search_doubles_the_schedule_until_two_schedules_agree():
-    import replica
-
-    aps = {100: 20.0, 200: 40.0, 400: 50.0, 800: 50.25, 1600: 50.3}
-    calls = []
-
-    def train(n):
-        calls.append(n)
-        return f"w{n}", aps[n]
-
-    # 400 -> 800 gains 0.25 < 0.3: the plateau, and the 800-iteration model is the one used
-    assert replica.plateau_search(train, 100, 0.3, 100000) == (
-        "w800", 800, [[100, 20.0], [200, 40.0], [400, 50.0], [800, 50.25]], True)
-    assert calls == [100, 200, 400, 800]
-    # a cap below the plateau: the longest schedule allowed, not reached
-    assert replica.plateau_search(train, 100, 0.3, 799) == ("w400", 400, [[100, 20.0], [200, 40.0], [400, 50.0]], False)
-    # a tighter tolerance needs the next doubling
-    assert replica.plateau_search(train, 100, 0.1, 100000)[1:] == (
-        1600, [[100, 20.0], [200, 40.0], [400, 50.0], [800, 50.25], [1600, 50.3]], True)
-    # no tolerance: one schedule, nothing checked
-    calls.clear()
-    assert replica.plateau_search(train, 200, 0.0, 100000) == ("w200", 200, [[200, 40.0]], None)
-    assert calls == [200]
-
-
-def test_replica_data_of_other_sizes_gets_its_own_folder():
-    # a generated folder is regenerated when its parameters change: a tiny run must not replace
-    # the images a full-size run is still reading
-    import replica
-
-    def root_and_sizes(opts):
-        pairs = dict(zip(opts[::2], opts[1::2]))
-        return pairs["DATASETS.SHAPES.ROOT"], [pairs[f"DATASETS.SHAPES.{k}"] for k in ("NUM_TRAIN", "NUM_VAL", "IMAGE_SIZE")]
-
-    assert root_and_sizes(replica.data_opts("shapes", "cpu", 0)) == (
-        os.path.join("output", "replica", "shapes", "data"), ["2000", "200", "160"])
-    assert root_and_sizes(replica.data_opts("shapes", "cpu", 0, 8, 4, 64)) == (
-        os.path.join("output", "replica", "shapes", "data_8x64_val4"), ["8", "4", "64"])

@@ -3,7 +3,7 @@
 
 The paper's adaptation layer ends in a ReLU, so it can only output values >= 0, while FPN
 outputs are signed (the demo FPNs are batch-normalised: about half of every teacher map is
-negative). For a trained run of ``benchmarks/quality.py`` this measures, on validation images
+negative). For a trained run of ``benchmarks/investigations/quality.py`` this measures, on validation images
 (test-time inputs, every imitated level):
 
 - ``mse``: mean over elements of ``(F_T - A(F_S))^2``, what Eq. 7 averages;
@@ -18,8 +18,8 @@ negative). For a trained run of ``benchmarks/quality.py`` this measures, on vali
   second: how much of the teacher's maps is linearly readable from the student's, with or
   without imitation (runs without a feature term, such as the control, get only this).
 
-    python benchmarks/probe_feature.py --detector faster_rcnn --runs feature_s0 gkd_s0
-    python benchmarks/probe_feature.py --detector faster_rcnn --output output/replica/shapes \
+    python benchmarks/investigations/probe_feature.py --detector faster_rcnn --runs feature_s0 gkd_s0
+    python benchmarks/investigations/probe_feature.py --detector faster_rcnn --output output/replica/shapes \
         --dataset shapes --runs feature~ft1200_s0 gkd~ft1200_s0
 """
 import json
@@ -28,7 +28,7 @@ import sys
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path[:0] = [os.path.dirname(os.path.abspath(__file__)), os.path.dirname(os.path.dirname(os.path.abspath(__file__)))]
 from probe_common import probe_model, probe_parser, run_state, validation_inputs, write_probe  # noqa: E402
 
 

@@ -11,7 +11,7 @@ prototypes that PGM regenerates for the pair (the refresh hook's call at the sta
 fine-tuning), it reports the mean robust weight
 
 - on clear and on ambiguous instances (the data's own ``ambiguous`` flag) and by reason;
-- on the instances the teacher classifies right / wrong (``probe_data.own_view``: Faster R-CNN,
+- on the instances the teacher classifies right / wrong (``probe_common.own_view``: Faster R-CNN,
   its box head's best foreground class on the GT box; RetinaNet, its classification head at the
   anchor of highest IoU with the box) -- the soft labels the response term would pass on;
 - ``auc_ambiguous`` / ``auc_teacher_wrong``: the probability that a random ambiguous (teacher-
@@ -22,11 +22,10 @@ fine-tuning), it reports the mean robust weight
 One row per ``--runs`` folder (a student's ``model_final.pth`` under ``--output``): the student
 of the pair is that run's, the teacher the replica's.
 
-    python benchmarks/probe_robust.py --detector faster_rcnn --runs student-pretrained gkd~ft1200_s0
+    python benchmarks/investigations/probe_robust.py --detector faster_rcnn --runs student-pretrained gkd~ft1200_s0
 
-Writes ``benchmarks/results/probe_robust_<detector>.json``.
+Writes ``benchmarks/investigations/results/probe_robust_<detector>.json``.
 """
-import argparse
 import json
 import os
 import sys
@@ -36,10 +35,9 @@ import torch
 from detectron2.data import DatasetCatalog
 from detectron2.structures import Boxes
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import RESULTS, machine  # noqa: E402
-from probe_common import replica_checkpoints, replica_probe_cfg, replica_probe_parser, validation_inputs  # noqa: E402
-from probe_data import own_view  # noqa: E402
+sys.path[:0] = [os.path.dirname(os.path.abspath(__file__)), os.path.dirname(os.path.dirname(os.path.abspath(__file__)))]
+from common import INVESTIGATION_RESULTS as RESULTS, machine  # noqa: E402
+from probe_common import own_view, replica_checkpoints, replica_probe_cfg, replica_probe_parser, validation_inputs  # noqa: E402
 
 from gkd_d2 import DistillationCheckpointer, DistillTrainer  # noqa: E402
 from gkd_d2.pooling import assign_level_index, pool_instances  # noqa: E402

@@ -2,38 +2,38 @@
 # The quality tables of benchmarks/RESULTS.md, one command per table, exactly as they were run
 # on the 2-core CPU machine (see benchmarks/NOTES.md for the scale and what it shows).
 #
-#   bash benchmarks/quality_cpu.sh faster_rcnn          # Faster R-CNN: Tables 1, 3 and 4
-#   bash benchmarks/quality_cpu.sh faster_rcnn-tests    #   tests of NOTES.md: lambda_feat 0.1, PGM period 100
-#   bash benchmarks/quality_cpu.sh faster_rcnn-teacher3600  # a teacher trained 3x longer
-#   bash benchmarks/quality_cpu.sh faster_rcnn-teacher3600-local  #   the local-knowledge rows with it
-#   bash benchmarks/quality_cpu.sh faster_rcnn-teacher3600-tests  #   attenuation, 1x1 adapters
-#   bash benchmarks/quality_cpu.sh faster_rcnn-teacher3600-modules  #   module ablation, KD + prototypes
-#   bash benchmarks/quality_cpu.sh faster_rcnn-teacher3600-seeds23  #   seeds 2, 3 of the two best rows
-#   bash benchmarks/quality_cpu.sh teacher3600-feature  # feature imitation alone, both detectors
-#   bash benchmarks/quality_cpu.sh teacher3600-weights  # loss weights of the full method, re-tuned
-#   bash benchmarks/quality_cpu.sh retinanet            # RetinaNet: Tables 2 and 4, paper's default weights
-#   bash benchmarks/quality_cpu.sh retinanet-resp0.02   #   rows with lambda_resp = 0.02
-#   bash benchmarks/quality_cpu.sh retinanet-tests      #   test of NOTES.md: PGM period 100
-#   bash benchmarks/quality_cpu.sh retinanet-teacher3600  # a RetinaNet teacher trained 3x longer
-#   bash benchmarks/quality_cpu.sh retinanet-teacher3600-local  #   the other local rows with it
-#   bash benchmarks/quality_cpu.sh retinanet-teacher3600-global  #   global knowledge alone with it
-#   bash benchmarks/quality_cpu.sh retinanet-teacher3600-modules  #   module ablation, lambda_resp 0.02
-#   bash benchmarks/quality_cpu.sh prototypes-teacher3600  #   Table 6 with it
-#   bash benchmarks/quality_cpu.sh prototypes           # Table 6: prototype choice (RetinaNet)
+#   bash benchmarks/investigations/quality_cpu.sh faster_rcnn          # Faster R-CNN: Tables 1, 3 and 4
+#   bash benchmarks/investigations/quality_cpu.sh faster_rcnn-tests    #   tests of NOTES.md: lambda_feat 0.1, PGM period 100
+#   bash benchmarks/investigations/quality_cpu.sh faster_rcnn-teacher3600  # a teacher trained 3x longer
+#   bash benchmarks/investigations/quality_cpu.sh faster_rcnn-teacher3600-local  #   the local-knowledge rows with it
+#   bash benchmarks/investigations/quality_cpu.sh faster_rcnn-teacher3600-tests  #   attenuation, 1x1 adapters
+#   bash benchmarks/investigations/quality_cpu.sh faster_rcnn-teacher3600-modules  #   module ablation, KD + prototypes
+#   bash benchmarks/investigations/quality_cpu.sh faster_rcnn-teacher3600-seeds23  #   seeds 2, 3 of the two best rows
+#   bash benchmarks/investigations/quality_cpu.sh teacher3600-feature  # feature imitation alone, both detectors
+#   bash benchmarks/investigations/quality_cpu.sh teacher3600-weights  # loss weights of the full method, re-tuned
+#   bash benchmarks/investigations/quality_cpu.sh retinanet            # RetinaNet: Tables 2 and 4, paper's default weights
+#   bash benchmarks/investigations/quality_cpu.sh retinanet-resp0.02   #   rows with lambda_resp = 0.02
+#   bash benchmarks/investigations/quality_cpu.sh retinanet-tests      #   test of NOTES.md: PGM period 100
+#   bash benchmarks/investigations/quality_cpu.sh retinanet-teacher3600  # a RetinaNet teacher trained 3x longer
+#   bash benchmarks/investigations/quality_cpu.sh retinanet-teacher3600-local  #   the other local rows with it
+#   bash benchmarks/investigations/quality_cpu.sh retinanet-teacher3600-global  #   global knowledge alone with it
+#   bash benchmarks/investigations/quality_cpu.sh retinanet-teacher3600-modules  #   module ablation, lambda_resp 0.02
+#   bash benchmarks/investigations/quality_cpu.sh prototypes-teacher3600  #   Table 6 with it
+#   bash benchmarks/investigations/quality_cpu.sh prototypes           # Table 6: prototype choice (RetinaNet)
 #
-# Extra arguments go to every benchmarks/quality.py call of the table (e.g. --seeds 0, or
-# --device cuda). Records land in benchmarks/results/quality.json (a finished row of the same
+# Extra arguments go to every benchmarks/investigations/quality.py call of the table (e.g. --seeds 0, or
+# --device cuda). Records land in benchmarks/investigations/results/quality.json (a finished row of the same
 # detector, method, seed and device is replaced); then `python benchmarks/report.py`. Each
 # detector's teacher is trained once, into output/quality/<detector>/teacher (the RetinaNet rows
 # of 2026-11-23 used the demo's teacher, same data and schedule, copied there).
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 PY=${PY:-.venv/bin/python}
 SCALE=(--teacher-iters 1200 --iters 800 --ims-per-batch 4 --lr 0.01 --num-train 2000 --num-val 200 --workers 1)
 table=${1:?usage: quality_cpu.sh TABLE [quality.py args] (tables: see the head of this script)}
 shift
-T3600=(--teacher-iters 3600 --output output/quality_t3600 --results benchmarks/results/quality_teacher3600.json)
-q() { "$PY" benchmarks/quality.py "${SCALE[@]}" --seeds 0 1 "$@"; }
+T3600=(--teacher-iters 3600 --output output/quality_t3600 --results benchmarks/investigations/results/quality_teacher3600.json)
+q() { "$PY" benchmarks/investigations/quality.py "${SCALE[@]}" --seeds 0 1 "$@"; }
 if [[ $table == *teacher3600* ]]; then  # same data as the other tables, its own teachers and rows
   mkdir -p output/quality_t3600 && ln -sfn ../quality/data output/quality_t3600/data
 fi

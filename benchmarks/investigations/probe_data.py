@@ -29,10 +29,10 @@ sees, not what the teacher knows. Two checks of the teacher itself, on every ins
 - ``ncm_own_level_clear`` / ``ncm_own_level_ambiguous``: NCM of the features pooled at the
   level the detector itself uses for the box (RetinaNet: that anchor's level).
 
-Writes ``benchmarks/results/probe_data_<detector>.json``; a record of earlier data (other
+Writes ``benchmarks/investigations/results/probe_data_<detector>.json``; a record of earlier data (other
 generator parameters) in that file is kept under ``previous``.
 
-    OMP_NUM_THREADS=1 python benchmarks/probe_data.py --detector retinanet
+    OMP_NUM_THREADS=1 python benchmarks/investigations/probe_data.py --detector retinanet
 """
 import argparse
 import json
@@ -43,22 +43,19 @@ import sys
 import numpy as np
 import torch
 from detectron2.data import DatasetCatalog, MetadataCatalog
-from detectron2.modeling.meta_arch.dense_detector import permute_to_N_HWA_K
 from detectron2.modeling.poolers import ROIPooler
-from detectron2.structures import Boxes, pairwise_iou
+from detectron2.structures import Boxes
 from detectron2.utils.env import seed_all_rng
 from detectron2.utils.logger import setup_logger
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import RESULTS, load_cfg, machine  # noqa: E402
-from probe_common import validation_inputs  # noqa: E402
-from probe_global import ncm  # noqa: E402
-from quality import CONFIGS, METRICS, schedule, train_eval  # noqa: E402
+sys.path[:0] = [os.path.dirname(os.path.abspath(__file__)), os.path.dirname(os.path.dirname(os.path.abspath(__file__)))]
+from common import DEMO_CONFIGS as CONFIGS, INVESTIGATION_RESULTS as RESULTS, METRICS, load_cfg, machine, train_eval  # noqa: E402
+from probe_common import ncm, own_view, validation_inputs  # noqa: E402
 
 from gkd_d2 import DistillationCheckpointer, DistillTrainer  # noqa: E402
 from gkd_d2.data.builtin import generated_dataset_opts, register_datasets_from_cfg  # noqa: E402
 from gkd_d2.data.shapes import AMBIGUITY_REASONS, SHAPES_CLASSES  # noqa: E402
-from gkd_d2.pooling import pool_instances  # noqa: E402
+from gkd_d2.schedule import schedule  # noqa: E402
 
 
 def parse_args():
@@ -89,7 +86,8 @@ def teacher_cfg(args):
         "DATASETS.SHAPES.NUM_TRAIN", str(args.num_train), "DATASETS.SHAPES.NUM_VAL", str(args.num_val),
         "DATASETS.SHAPES.IMAGE_SIZE", str(args.image_size), "OUTPUT_DIR", out,
     ]
-    return load_cfg(CONFIGS[args.detector][0], opts + schedule(args.teacher_iters, args.ims_per_batch, args.lr))
+    return load_cfg(CONFIGS[args.detector][0], opts + schedule(args.teacher_iters) + [
+        "SOLVER.IMS_PER_BATCH", str(args.ims_per_batch), "SOLVER.BASE_LR", str(args.lr)])
 
 
 def instance_levels(model):
@@ -111,43 +109,6 @@ def pooled_gt_features(model, inputs, boxes, batch=16):
         feats = model.backbone(images.tensor)
         out.append(pooler([feats[f] for f in levels], [Boxes(b) for b in boxes[s : s + batch]]))
     return torch.cat(out)
-
-
-@torch.no_grad()
-def own_view(model, inputs, boxes, batch=16):
-    """What the detector itself does with each GT box: (its own class prediction (N,), the FPN
-    features pooled at the level the detector itself uses for the box (N, D)).
-
-    RetinaNet: the classification head's argmax at the anchor of highest IoU with the box, and the
-    pooled features at that anchor's level (its anchor sizes, not the canonical 224 px rule,
-    decide which level detects a box). Faster R-CNN: the box head's argmax (background excluded)
-    on the GT box, pooled by its own box pooler (canonical rule, P2-P5)."""
-    heads = getattr(model, "roi_heads", None)
-    preds, feats_out = [], []
-    for s in range(0, len(inputs), batch):
-        images = model.preprocess_image(inputs[s : s + batch])
-        feats = model.backbone(images.tensor)
-        bx = [b.to(images.tensor.device) for b in boxes[s : s + batch]]
-        if heads is not None:
-            x = heads.box_pooler([feats[f] for f in heads.box_in_features], [Boxes(b) for b in bx])
-            scores, _ = heads.box_predictor(heads.box_head(x))
-            preds.append(scores[:, :-1].argmax(1))
-            feats_out.append(x.mean(dim=(2, 3)))
-            continue
-        levels = list(model.head_in_features)
-        flist = [feats[f] for f in levels]
-        anchors = model.anchor_generator(flist)
-        level_of = torch.cat([torch.full((len(a),), i, dtype=torch.long) for i, a in enumerate(anchors)])
-        all_anchors = Boxes.cat(anchors)
-        logits = torch.cat([permute_to_N_HWA_K(x, model.num_classes) for x in model.head(flist)[0]], dim=1)
-        level_index = []
-        for i, b in enumerate(bx):
-            best = pairwise_iou(Boxes(b), all_anchors).argmax(dim=1)
-            preds.append(logits[i, best].argmax(1))
-            level_index.append(level_of[best.cpu()])
-        strides = {f: model.backbone.output_shape()[f].stride for f in levels}
-        feats_out.append(pool_instances(feats, levels, strides, bx, torch.cat(level_index).to(bx[0].device)))
-    return torch.cat(preds).cpu(), torch.cat(feats_out).float().cpu()
 
 
 def class_knowledge(cfg, model):

@@ -15,11 +15,11 @@ training batches with three initialisations of the adaptation layers:
 It also reports the root mean square of the teacher's and the student's FPN maps per level.
 Compare with the detection losses Detectron2 logged in the real run (``loss_scales.json``).
 
-    OMP_NUM_THREADS=1 python benchmarks/probe_adapter_init.py --detector retinanet --dataset shapes \
+    OMP_NUM_THREADS=1 python benchmarks/investigations/probe_adapter_init.py --detector retinanet --dataset shapes \
         --teacher-weights output/probe_data_v3_t4800/retinanet/teacher/model_final.pth \
         --student-weights output/replica/shapes/retinanet/student-pretrained/model_final.pth
 
-Writes ``benchmarks/results/probe_adapter_init.json`` (one record per detector, dataset, weights).
+Writes ``benchmarks/investigations/results/probe_adapter_init.json`` (one record per detector, dataset, weights).
 """
 import argparse
 import os
@@ -28,13 +28,10 @@ import sys
 import torch
 from detectron2.utils.events import EventStorage
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import RESULTS, load_cfg, machine  # noqa: E402
-from quality import save  # noqa: E402
-from replica import data_opts  # noqa: E402
+sys.path[:0] = [os.path.dirname(os.path.abspath(__file__)), os.path.dirname(os.path.dirname(os.path.abspath(__file__)))]
+from common import DEMO_CONFIGS, INVESTIGATION_RESULTS as RESULTS, data_opts, load_cfg, machine, save  # noqa: E402
 
 from gkd_d2 import DistillTrainer  # noqa: E402
-from gkd_d2.config import DEMO_CONFIGS  # noqa: E402
 from gkd_d2.data.builtin import GENERATED_DATASETS, register_datasets_from_cfg  # noqa: E402
 from gkd_d2.knowledge.adapters import init_adapter  # noqa: E402
 from gkd_d2.prototypes.refresh import PrototypeRefreshHook  # noqa: E402
