@@ -7,8 +7,10 @@ other script."""
 import datetime
 import fcntl
 import json
+import math
 import os
 import platform
+import statistics
 import subprocess
 import time
 
@@ -69,7 +71,7 @@ METHODS = {
 }
 
 __all__ = ["COCO", "DATA_SIZES", "DEMO_CONFIGS", "INVESTIGATION_RESULTS", "METHODS", "METRICS", "RESULTS", "ROOT", "SCALES", "data_opts",
-           "fill_prototypes", "load_cfg", "machine", "random_batch", "save", "sync", "tame_frozen_bn", "train_eval",
+           "fill_prototypes", "load_cfg", "load_results", "mean_spread", "machine", "random_batch", "save", "sync", "table_head", "tame_frozen_bn", "train_eval",
            "zoo_or_project_cfg"]
 
 
@@ -208,3 +210,23 @@ def save(record, path, key_fields=("detector", "method", "seed", "device")):
         with open(path + ".tmp", "w") as f:
             json.dump(records, f, indent=1)
         os.replace(path + ".tmp", path)
+
+
+def load_results(name, folder=RESULTS):
+    """The json of ``folder/name``, or None when there is none."""
+    path = os.path.join(folder, name)
+    return json.load(open(path)) if os.path.isfile(path) else None
+
+
+def mean_spread(values):
+    """'mean ± population std' of the values that are not NaN ('nan' when none is)."""
+    values = [v for v in values if not math.isnan(v)]
+    if not values:
+        return "nan"  # e.g. APl: no large object in the validation set
+    m = statistics.fmean(values)
+    return f"{m:.2f} ± {statistics.pstdev(values):.2f}" if len(values) > 1 else f"{m:.2f}"
+
+
+def table_head(header):
+    """The first two lines of a Markdown table with these column names."""
+    return ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
