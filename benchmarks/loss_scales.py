@@ -10,7 +10,7 @@ full method, the release's recipe) trains ``--iters`` SGD steps (the config's le
 momentum 0.9) on fresh random batches of the scale's shape (``bench_cost.py``: demo 4 x 160 px,
 COCO 2 x 800 px with 80 classes), with every prototype slot filled. At iterations 0 and the
 last, each ``loss_kd_*`` is divided by the sum of the detection losses (the student's own
-``loss_*``). The target of the recipe issue: no default term above 10x.
+``loss_*``). A default term above 10x the detection losses is a sign its weight is off for the regime.
 
 Weights: random (COCO scale: the zoo's FrozenBN with zero-initialised residuals, as
 ``bench_cost.py``), or trained checkpoints of the demo models (``--teacher-weights``,
