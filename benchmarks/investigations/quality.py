@@ -35,7 +35,7 @@ FROM_SCRATCH_OPTS = [
 ]
 
 
-def schedule(iters, ims, lr):
+def from_scratch_schedule(iters, ims, lr):
     """The schedule this replica's records were measured with (warm-up 10%, at most 200
     iterations; steps at 3/4 and 23/25); the current runs use :mod:`gkd_d2.schedule`."""
     return [
@@ -85,7 +85,7 @@ def main():
 
     teacher_dir = os.path.join(out, "teacher")
     teacher_w = args.teacher_weights or os.path.join(teacher_dir, "model_final.pth")
-    cfg = load_cfg(teacher_yaml, common + schedule(args.teacher_iters, args.ims_per_batch, args.lr) + ["OUTPUT_DIR", teacher_dir])
+    cfg = load_cfg(teacher_yaml, common + from_scratch_schedule(args.teacher_iters, args.ims_per_batch, args.lr) + ["OUTPUT_DIR", teacher_dir])
     register_datasets_from_cfg(cfg)
     if not os.path.isfile(teacher_w):
         seed_all_rng(0)
@@ -102,7 +102,7 @@ def main():
     for seed in args.seeds:
         for method in [m for m in args.methods if m != "teacher"]:
             run_dir = os.path.join(out, f"{method}{args.tag if method != 'student' else ''}_s{seed}")
-            opts = common + schedule(args.iters, args.ims_per_batch, args.lr) + ["OUTPUT_DIR", run_dir, "SEED", str(seed)]
+            opts = common + from_scratch_schedule(args.iters, args.ims_per_batch, args.lr) + ["OUTPUT_DIR", run_dir, "SEED", str(seed)]
             if method == "student":
                 cfg = load_cfg(student_yaml, opts)
             else:
