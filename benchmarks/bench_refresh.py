@@ -23,8 +23,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import RESULTS, ROOT, load_cfg, machine  # noqa: E402
 
 from gkd_d2 import PrototypeRefresher  # noqa: E402
-from gkd_d2.config import DEMO_CONFIGS  # noqa: E402
 from gkd_d2.data.builtin import register_datasets_from_cfg  # noqa: E402
+from gkd_d2.data.generated import DEMO_CONFIGS  # noqa: E402
 
 
 def main():

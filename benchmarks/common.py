@@ -18,10 +18,10 @@ import torch
 from detectron2.layers import FrozenBatchNorm2d
 from detectron2.structures import Boxes, Instances
 
-from gkd_d2.config import DEMO_CONFIGS, load_config
-from gkd_d2.data.builtin import GENERATED_DATASETS, generated_dataset_opts
+from gkd_d2.config import load_config
+from gkd_d2.config_files import resolve_config_file
+from gkd_d2.data.generated import DEMO_CONFIGS, GENERATED_DATASETS, generated_dataset_opts
 from gkd_d2.schedule import METRICS
-from gkd_d2.teacher import resolve_config_file
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS = os.path.join(ROOT, "benchmarks", "results")

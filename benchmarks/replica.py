@@ -41,7 +41,8 @@ from common import (  # noqa: E402
     DATA_SIZES, DEMO_CONFIGS, METHODS, METRICS, RESULTS, data_opts, load_cfg, machine, save, train_eval,
 )
 
-from gkd_d2.data.builtin import GENERATED_DATASETS, register_datasets_from_cfg  # noqa: E402
+from gkd_d2.data.builtin import register_datasets_from_cfg  # noqa: E402
+from gkd_d2.data.generated import GENERATED_DATASETS  # noqa: E402
 from gkd_d2.schedule import FINETUNE_STEPS, TRAIN_STEPS, schedule  # noqa: E402
 
 ROWS = ["student-finetune"] + list(METHODS)

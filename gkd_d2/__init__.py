@@ -8,7 +8,6 @@ from .checkpoint import DistillationCheckpointer
 from .meta_arch import DistillationDetector
 from .prototypes import (
     PrototypeBank,
-    PrototypeGenerator,
     PrototypeRefresher,
     PrototypeRefreshHook,
     generate_prototypes,
@@ -22,7 +21,6 @@ __all__ = [
     "DistillationDetector",
     "DistillTrainer",
     "PrototypeBank",
-    "PrototypeGenerator",
     "PrototypeRefresher",
     "PrototypeRefreshHook",
     "build_evaluator",

@@ -3,7 +3,6 @@ distillation checkpointer, the prototype-refresh hook, exact resumption after an
 (:mod:`gkd_d2.resume`), an evaluator chosen from the dataset's metadata, several processes
 on the CPU (``--num-gpus N`` with ``MODEL.DEVICE cpu``: gloo, DDP without device ids), and
 mixed precision on the CPU too (:mod:`gkd_d2.amp`)."""
-import hashlib
 import logging
 import os
 import weakref
@@ -12,12 +11,13 @@ from contextlib import contextmanager
 import detectron2.engine.defaults as d2_defaults
 import torch.distributed as dist
 from detectron2.data import MetadataCatalog, build_detection_train_loader, get_detection_dataset_dicts
-from detectron2.engine import DefaultTrainer, HookBase, hooks
+from detectron2.engine import DefaultTrainer, hooks
 from detectron2.evaluation import COCOEvaluator, PascalVOCDetectionEvaluator
 from detectron2.utils import comm
 
 from .amp import CPUAMPTrainer
 from .checkpoint import DistillationCheckpointer
+from .prototypes.agreement import PrototypeAgreementHook
 from .prototypes.refresh import PrototypeRefreshHook
 from .resume import GracefulInterruptHook, ResumableTrainingSampler, RNGState
 from .utils import unwrap_model
@@ -70,37 +70,6 @@ def _cpu_capable_ddp():
         yield
     finally:
         d2_defaults.create_ddp_model = _d2_create_ddp_model
-
-
-def prototype_fingerprint(bank) -> str:
-    """sha1 (16 hex digits) of every buffer of a :class:`PrototypeBank`: equal iff bit-identical."""
-    h = hashlib.sha1()
-    for name, t in sorted(bank.state_dict().items()):
-        h.update(name.encode())
-        h.update(t.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()[:16]
-
-
-class PrototypeAgreementHook(HookBase):
-    """With several processes, right after each prototype refresh (before the step that uses
-    them): every process must hold bit-identical prototypes. DDP does not broadcast buffers
-    (Detectron2 builds it with ``broadcast_buffers=False``), so a disagreement would silently
-    give each process another global loss; here it stops training. Logs the fingerprint."""
-
-    def before_step(self):
-        bank = unwrap_model(self.trainer.model).prototypes
-        if int(bank.last_refresh_iter) != self.trainer.iter:  # not refreshed for this step
-            return
-        prints = comm.all_gather(prototype_fingerprint(bank))
-        if len(set(prints)) > 1:
-            raise RuntimeError(
-                f"Prototypes refreshed at iteration {self.trainer.iter} differ between processes "
-                f"(fingerprints by rank: {prints})."
-            )
-        logger.info(
-            "Prototypes of iter %d identical on %d processes (fingerprint %s)",
-            self.trainer.iter, len(prints), prints[0],
-        )
 
 
 class DistillTrainer(DefaultTrainer):

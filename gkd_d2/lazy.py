@@ -28,7 +28,8 @@ from detectron2.modeling import build_model
 from torch import nn
 
 from .config import add_distill_config
-from .teacher import is_lazy_config, resolve_config_file
+from .config_files import resolve_config_file
+from .teacher import is_lazy_config
 from .validation import _plain, distill_root
 
 __all__ = ["build_detector", "distill_view", "dataset_names", "student_lazy_model"]

@@ -9,13 +9,13 @@ import os
 from urllib.parse import urlparse
 
 import torch
-from detectron2 import model_zoo
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import CfgNode, LazyConfig, get_cfg, instantiate
 from detectron2.modeling import build_model
 from detectron2.utils.file_io import PathManager
 
 from .config import add_distill_config
+from .config_files import resolve_config_file
 
 logger = logging.getLogger(__name__)
 
@@ -27,29 +27,6 @@ _IGNORED_MISSING = ("pixel_mean", "pixel_std", "anchor_generator.cell_anchors", 
 def is_lazy_config(path) -> bool:
     """Whether ``DISTILL.TEACHER.CONFIG_FILE`` names a LazyConfig (a ``.py`` file)."""
     return str(path).endswith(".py")
-
-
-def resolve_config_file(path):
-    """Return a readable config file for ``path``: a local file or a model-zoo name (a yaml,
-    or a LazyConfig ``.py``).
-
-    Raises:
-        FileNotFoundError: naming ``DISTILL.TEACHER.CONFIG_FILE`` when neither exists.
-    """
-    if not path:
-        raise ValueError(
-            "DISTILL.TEACHER.CONFIG_FILE is empty: set it to the teacher's Detectron2 yaml "
-            "(a local file or a model-zoo name like 'COCO-Detection/faster_rcnn_R_101_FPN_3x.yaml')."
-        )
-    if os.path.isfile(path):
-        return path
-    try:
-        return model_zoo.get_config_file(path)
-    except RuntimeError:
-        raise FileNotFoundError(
-            f"DISTILL.TEACHER.CONFIG_FILE='{path}' is neither an existing file nor a "
-            "Detectron2 model-zoo config name (a yacs .yaml or a LazyConfig .py)."
-        ) from None
 
 
 def build_teacher_cfg(cfg):

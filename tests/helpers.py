@@ -11,7 +11,7 @@ from detectron2.utils.events import EventStorage
 
 import gkd_d2  # noqa: F401  (registers the meta-architectures)
 from gkd_d2 import add_distill_config
-from gkd_d2.config import plain_detectron2_config
+from gkd_d2.export import plain_detectron2_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NUM_CLASSES = 3

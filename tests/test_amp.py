@@ -58,7 +58,7 @@ def test_feature_loss_of_half_maps_reduces_in_float32():
 def test_trainer_with_amp_enabled_trains_on_the_cpu(tmp_path, request):
     from detectron2.data import DatasetCatalog
 
-    from gkd_d2.data.synthetic import SYNTHETIC_CLASSES, register_synthetic_dataset
+    from gkd_d2.data.generated.synthetic import SYNTHETIC_CLASSES, register_synthetic_dataset
 
     name = "gkd_test_amp_train"
     if name not in DatasetCatalog.list():

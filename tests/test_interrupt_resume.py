@@ -9,7 +9,7 @@ from detectron2.utils.env import seed_all_rng
 from helpers import distill_cfg, make_teacher
 
 from gkd_d2 import DistillTrainer
-from gkd_d2.data.synthetic import SYNTHETIC_CLASSES, register_synthetic_dataset
+from gkd_d2.data.generated.synthetic import SYNTHETIC_CLASSES, register_synthetic_dataset
 from gkd_d2.resume import TrainingInterrupted
 
 DATASET = "gkd_test_interrupt_train"

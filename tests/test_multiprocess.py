@@ -14,7 +14,7 @@ from helpers import make_teacher
 from gkd_d2 import DistillationCheckpointer, PrototypeRefresher
 from gkd_d2.config import load_config
 from gkd_d2.data.builtin import register_datasets_from_cfg
-from gkd_d2.engine import prototype_fingerprint
+from gkd_d2.prototypes.agreement import prototype_fingerprint
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = "configs/Demo/gkd_faster_rcnn_R34_to_R18_FPN.yaml"

@@ -12,7 +12,7 @@ from detectron2.structures import BoxMode
 from helpers import distill_cfg, pgm_warnings_without_class
 
 from gkd_d2 import DistillTrainer, PrototypeRefresher
-from gkd_d2.data.synthetic import SYNTHETIC_CLASSES, register_synthetic_dataset
+from gkd_d2.data.generated.synthetic import SYNTHETIC_CLASSES, register_synthetic_dataset
 from gkd_d2.prototypes.instances import sample_instances
 from gkd_d2.prototypes.refresh import PrototypeRefreshHook
 

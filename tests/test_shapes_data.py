@@ -13,7 +13,7 @@ from PIL import Image
 
 from gkd_d2 import add_distill_config
 from gkd_d2.data.builtin import register_datasets_from_cfg
-from gkd_d2.data.shapes import (
+from gkd_d2.data.generated.shapes import (
     AMBIGUITY_REASONS,
     SHAPES_CLASSES,
     SHAPES_EXTRA_ANNOTATION_KEYS,
@@ -224,8 +224,8 @@ def test_damaged_files_are_regenerated_and_intact_ones_reused(tmp_path):
 def test_generated_dataset_opts_point_student_and_teacher_at_the_data(detector):
     """tools/demo.py --dataset and benchmarks/replica.py --dataset: the demo configs (5 classes
     of the synthetic data) switched to the ten shapes classes for the student and the teacher."""
-    from gkd_d2.config import DEMO_CONFIGS, load_config
-    from gkd_d2.data.builtin import generated_dataset_opts
+    from gkd_d2.config import load_config
+    from gkd_d2.data.generated import DEMO_CONFIGS, generated_dataset_opts
     from gkd_d2.teacher import build_teacher_cfg
 
     cfg = load_config(DEMO_CONFIGS[detector][2], generated_dataset_opts("shapes", root="/tmp/x"))

@@ -11,7 +11,7 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from PIL import Image
 from pycocotools.coco import COCO
 
-from gkd_d2.data.synthetic import (
+from gkd_d2.data.generated.synthetic import (
     EXTRA_ANNOTATION_KEYS,
     SYNTHETIC_CLASSES,
     generate_synthetic_coco,

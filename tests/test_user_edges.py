@@ -27,8 +27,8 @@ from helpers import (
 
 from gkd_d2.config import load_config
 from gkd_d2.data.builtin import register_datasets_from_cfg
-from gkd_d2.data.generated import load_coco_json_checked
-from gkd_d2.data.synthetic import SYNTHETIC_CLASSES, generate_synthetic_coco, register_synthetic_dataset
+from gkd_d2.data.coco import load_coco_json_checked
+from gkd_d2.data.generated.synthetic import SYNTHETIC_CLASSES, generate_synthetic_coco, register_synthetic_dataset
 from gkd_d2.knowledge.losses import distance_relations
 from gkd_d2.teacher import (
     build_teacher_cfg,

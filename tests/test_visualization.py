@@ -18,7 +18,7 @@ from helpers import distill_cfg, make_teacher
 from PIL import Image
 
 from gkd_d2 import DistillationCheckpointer, DistillTrainer, PrototypeRefresher
-from gkd_d2.data.synthetic import SYNTHETIC_CLASSES, register_synthetic_dataset
+from gkd_d2.data.generated.synthetic import SYNTHETIC_CLASSES, register_synthetic_dataset
 from gkd_d2.visualization.analysis import (
     bank_discrepancy,
     image_robust_weights,

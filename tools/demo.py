@@ -41,8 +41,9 @@ import torch
 from detectron2.utils.logger import setup_logger
 
 from gkd_d2 import DistillationCheckpointer, DistillTrainer
-from gkd_d2.config import DEMO_CONFIGS, load_config
-from gkd_d2.data.builtin import GENERATED_DATASETS, generated_dataset_opts, register_datasets_from_cfg
+from gkd_d2.config import load_config
+from gkd_d2.data.builtin import register_datasets_from_cfg
+from gkd_d2.data.generated import DEMO_CONFIGS, GENERATED_DATASETS, generated_dataset_opts
 from gkd_d2.schedule import METRICS, finetune_schedule, schedule
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

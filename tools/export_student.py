@@ -29,8 +29,9 @@ import torch
 from detectron2.config import LazyConfig
 from detectron2.data import DatasetCatalog
 from omegaconf import OmegaConf
-from gkd_d2.config import load_config, plain_detectron2_config
+from gkd_d2.config import load_config
 from gkd_d2.data.builtin import gkd_dataset_files
+from gkd_d2.export import plain_detectron2_config
 from gkd_d2.lazy import dataset_names, student_lazy_model
 from gkd_d2.teacher import is_lazy_config
 

@@ -32,7 +32,8 @@ sys.path[:0] = [os.path.dirname(os.path.abspath(__file__)), os.path.dirname(os.p
 from common import DEMO_CONFIGS, INVESTIGATION_RESULTS as RESULTS, data_opts, load_cfg, machine, save  # noqa: E402
 
 from gkd_d2 import DistillTrainer  # noqa: E402
-from gkd_d2.data.builtin import GENERATED_DATASETS, register_datasets_from_cfg  # noqa: E402
+from gkd_d2.data.builtin import register_datasets_from_cfg  # noqa: E402
+from gkd_d2.data.generated import GENERATED_DATASETS  # noqa: E402
 from gkd_d2.knowledge.adapters import init_adapter  # noqa: E402
 from gkd_d2.prototypes.refresh import PrototypeRefreshHook  # noqa: E402
 

@@ -17,8 +17,8 @@ from detectron2.modeling.meta_arch.dense_detector import permute_to_N_HWA_K
 from detectron2.structures import Boxes, pairwise_iou
 
 from gkd_d2 import DistillTrainer
-from gkd_d2.config import DEMO_CONFIGS
-from gkd_d2.data.builtin import GENERATED_DATASETS, generated_dataset_opts, register_datasets_from_cfg
+from gkd_d2.data.builtin import register_datasets_from_cfg
+from gkd_d2.data.generated import DEMO_CONFIGS, GENERATED_DATASETS, generated_dataset_opts
 from gkd_d2.pooling import pool_instances
 from gkd_d2.prototypes.instances import load_test_inputs, sample_instances
 

@@ -53,8 +53,9 @@ from common import DEMO_CONFIGS as CONFIGS, INVESTIGATION_RESULTS as RESULTS, ME
 from probe_common import ncm, own_view, validation_inputs  # noqa: E402
 
 from gkd_d2 import DistillationCheckpointer, DistillTrainer  # noqa: E402
-from gkd_d2.data.builtin import generated_dataset_opts, register_datasets_from_cfg  # noqa: E402
-from gkd_d2.data.shapes import AMBIGUITY_REASONS, SHAPES_CLASSES  # noqa: E402
+from gkd_d2.data.builtin import register_datasets_from_cfg  # noqa: E402
+from gkd_d2.data.generated import generated_dataset_opts  # noqa: E402
+from gkd_d2.data.generated.shapes import AMBIGUITY_REASONS, SHAPES_CLASSES  # noqa: E402
 from gkd_d2.schedule import schedule  # noqa: E402
 
 

@@ -1,5 +1,5 @@
-"""Datasets: the synthetic "ambiguous instances" COCO data of the demo, tests and benchmarks,
-and the "shapes" data (learnable classes, an ambiguous minority)."""
-from .builtin import register_datasets_from_cfg
-from .shapes import SHAPES_CLASSES, generate_shapes_coco, register_shapes_dataset
-from .synthetic import SYNTHETIC_CLASSES, generate_synthetic_coco, register_synthetic_dataset
+"""Datasets: your own COCO-format data (``DATASETS.COCO_JSON``, :mod:`gkd_d2.data.coco`) and the
+generated data of the demo, tests and benchmarks (:mod:`gkd_d2.data.generated`), registered
+from a config by :func:`register_datasets_from_cfg`."""
+from .builtin import gkd_dataset_files, register_datasets_from_cfg
+from .coco import load_coco_json_checked, register_coco_json_datasets

@@ -1,7 +1,6 @@
-"""Prototype Generation Module (PGM), the prototype bank, relations to it (Eq. 8) and its refresh."""
+"""Prototype Generation Module (PGM), the prototype bank, relations to it (Eq. 8), its refresh
+and the check that every process holds the same prototypes."""
+from .agreement import PrototypeAgreementHook, prototype_fingerprint
 from .bank import PrototypeBank
 from .pgm import generate_prototypes
 from .refresh import PrototypeRefresher, PrototypeRefreshHook
-
-#: the former name of :class:`PrototypeRefresher` (gkd_d2 0.1), kept for user code
-PrototypeGenerator = PrototypeRefresher

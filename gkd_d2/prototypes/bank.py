@@ -33,6 +33,11 @@ class PrototypeBank(nn.Module):
     def num_classes(self):
         return self.valid.shape[1]
 
+    @property
+    def num_prototypes(self):
+        """K, the slots per (level, class): ``DISTILL.PGM.NUM_PROTOTYPES`` of the model's config."""
+        return self.valid.shape[2]
+
     def is_empty(self):
         return not bool(self.valid.any())
 

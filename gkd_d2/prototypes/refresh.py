@@ -64,7 +64,6 @@ class PrototypeRefresher:
         p = cfg.DISTILL.PGM
         self.cfg = cfg
         self.dataset_dicts = dataset_dicts if dataset_dicts is not None else training_dicts(cfg)
-        self.num_prototypes = int(p.NUM_PROTOTYPES)
         self.alpha, self.sigma, self.quantile = float(p.ALPHA), float(p.SIGMA), float(p.QUANTILE)
         self.selection, self.seed = check_selection(str(p.SELECTION)), int(p.SEED)
         self._records: Optional[List[ImageInstances]] = None
@@ -123,7 +122,7 @@ class PrototypeRefresher:
                 )
             selection = None
             if comm.is_main_process():
-                selection = self._select(feats_s)
+                selection = self._select(feats_s, model.prototypes.num_prototypes)
             selection = comm.all_gather(selection)[0]
             self._fill(model.prototypes, feats_s, selection, iteration)
         stats = {
@@ -142,8 +141,9 @@ class PrototypeRefresher:
         )
         return stats
 
-    def _select(self, feats_s: torch.Tensor):
-        """{(level, class): LongTensor of chosen instance rows}, run once (main process)."""
+    def _select(self, feats_s: torch.Tensor, num_prototypes: int):
+        """{(level, class): LongTensor of at most ``num_prototypes`` chosen instance rows}, run
+        once (main process)."""
         feats_t = self._teacher_feats
         classes = self._meta[:, 0]
         device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -156,7 +156,7 @@ class PrototypeRefresher:
                     feats_t[level, rows].to(device),
                     feats_s[level, rows].to(device),
                     self._meta[rows, 3],
-                    num_prototypes=self.num_prototypes,
+                    num_prototypes=num_prototypes,
                     alpha=self.alpha,
                     sigma=self.sigma,
                     quantile=self.quantile,

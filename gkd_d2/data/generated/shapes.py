@@ -1,8 +1,8 @@
 """A synthetic detection dataset on which a detector *can* learn the classes, with a minority
 of ambiguous instances, written as real COCO json + PNG images.
 
-``gkd_d2/data/synthetic.py`` makes almost every instance hard, so a small teacher trained on it
-barely knows the classes. Here class identity is learnable from the silhouette at normal sizes,
+``synthetic.py`` (the "ambiguous instances" data) makes almost every instance hard, so a small
+teacher trained on it barely knows the classes. Here class identity is learnable from the silhouette at normal sizes,
 and only a stated minority of instances is made ambiguous, the way the paper describes
 (small, blurred, occluded, truncated, and look-alike classes whose difference vanishes when
 they are small).
@@ -67,15 +67,12 @@ with every generator argument, ``SHAPES_GENERATOR_VERSION`` and the sha256 of th
 truncated or edited json, or missing images, are regenerated) and registers the dataset with
 the extra fields kept.
 """
-import json
-import os
-
 import numpy as np
-from PIL import Image
 from scipy import ndimage
 
-from .generated import generator_params, image_hw, register_generated_dataset
-from .synthetic import _SS, _coarse_noise, _distinct_colour
+from .raster import SS, coarse_noise, distinct_colour, overlap
+from .silhouettes import shape_mask, shape_params
+from .storage import generator_params, register_generated_dataset, write_coco
 
 __all__ = [
     "SHAPES_CLASSES",
@@ -111,63 +108,6 @@ _TEXTURE = (8.0, 24.0)  # range of the texture's modulation of the base colour (
 _CLOUDS = 8.0  # largest amplitude of the background's low-frequency clouds (grey levels)
 
 
-# --------------------------------------------------------------------------------------------
-# shapes
-# --------------------------------------------------------------------------------------------
-def _shape_params(rng, name):
-    """The class's own proportions (stroke widths, detail sizes), drawn per instance."""
-    u = rng.uniform
-    return {
-        "ring": {"hole": u(0.38, 0.52)},
-        "notched_square": {"notch": u(0.45, 0.6)},
-        "cross": {"arm": u(0.2, 0.32)},
-        "star": {"inner": u(0.4, 0.55), "points": 5},
-        "crescent": {"offset": u(0.4, 0.6), "bite": u(0.75, 0.9)},
-        "ell": {"thick": u(0.5, 0.7)},
-        "arrow": {"shaft": u(0.16, 0.28), "head": u(0.55, 0.8)},
-    }.get(name, {})
-
-
-def shape_mask(name, u, v, **q):
-    """Inside test of class ``name`` at unit coordinates ``u``, ``v`` (the shape fits the unit
-    circle); ``q``: its proportions (see ``_shape_params``; defaults are mid-range)."""
-    r2 = u * u + v * v
-    au, av = np.abs(u), np.abs(v)
-    if name == "disc":
-        return r2 <= 1.0
-    if name == "ring":
-        return (r2 <= 1.0) & (r2 >= q.get("hole", 0.45) ** 2)
-    if name in ("square", "notched_square"):
-        inside = (au <= 0.75) & (av <= 0.75)
-        if name == "square":
-            return inside
-        edge = 0.75 - q.get("notch", 0.52)  # the bite: a square of that side in the (+, +) corner
-        return inside & ~((u > edge) & (v > edge))
-    if name == "triangle":
-        return (v >= -0.5) & (au * np.sqrt(3.0) <= 1.0 - v)
-    if name == "cross":
-        arm = q.get("arm", 0.26)
-        return ((au <= arm) & (av <= 0.9)) | ((av <= arm) & (au <= 0.9))
-    if name == "star":
-        k = q.get("points", 5)
-        t = (np.arctan2(v, u) * k / (2 * np.pi)) % 1.0
-        tri = np.abs(2.0 * t - 1.0)  # 1 at the points, 0 between them
-        inner = q.get("inner", 0.47)
-        return np.sqrt(r2) <= inner + (1.0 - inner) * tri**1.6
-    if name == "crescent":
-        off, bite = q.get("offset", 0.5), q.get("bite", 0.82)
-        return (r2 <= 1.0) & ((u - off) ** 2 + v * v > bite * bite)
-    if name == "ell":
-        t = 1.4 * 0.5 * q.get("thick", 0.6)
-        return (au <= 0.7) & (av <= 0.7) & ((u <= -0.7 + t) | (v >= 0.7 - t))
-    if name == "arrow":
-        shaft, head = q.get("shaft", 0.22), q.get("head", 0.68)
-        body = (u >= -0.9) & (u <= 0.1) & (av <= shaft)
-        tip = (u >= 0.1) & (u <= 0.9) & (av <= head * (0.9 - u) / 0.8)
-        return body | tip
-    raise KeyError(f"unknown shape class '{name}'")
-
-
 def _modulation(rng, u, v, size):
     """A texture field in [-1, 1] over the object's unit coordinates."""
     kind = int(rng.integers(4))
@@ -177,7 +117,7 @@ def _modulation(rng, u, v, size):
         a = rng.uniform(0, 2 * np.pi)
         return np.clip(u * np.cos(a) + v * np.sin(a), -1, 1)
     if kind == 2:  # mottled
-        return _coarse_noise(rng, u.shape[0], u.shape[1], 4)
+        return coarse_noise(rng, u.shape[0], u.shape[1], 4)
     period = rng.uniform(3.0, max(3.5, min(size / 3.0, 9.0))) / (size / 2.0)  # stripes
     a, phase = rng.uniform(0, np.pi), rng.uniform(0, 1)
     t = (u * np.cos(a) + v * np.sin(a)) / period + phase
@@ -200,7 +140,7 @@ def _background(rng, h, w, noise):
     gx = (np.arange(w, dtype=np.float32) / s)[None, :, None]
     gy = (np.arange(h, dtype=np.float32) / s)[:, None, None]
     img = c[0] + (c[1] - c[0]) * gx + (c[2] - c[0]) * gy
-    clouds = _coarse_noise(rng, h, w, int(rng.integers(3, 6))).astype(np.float32)
+    clouds = coarse_noise(rng, h, w, int(rng.integers(3, 6))).astype(np.float32)
     img += clouds[..., None] * rng.uniform(0, _CLOUDS, size=3).astype(np.float32)
     return img, float(rng.uniform(0.3, 1.0) * noise)
 
@@ -268,8 +208,8 @@ def _deformed_coords(rng, o, x0, y0, x1, y1):
     rotation, aspect ratio, shear, and a sinusoidal wobble of the outline."""
     r = o["size"] / 2.0
     cx, cy = o["centre"]
-    ys = ((np.arange((y1 - y0) * _SS) + 0.5) / _SS + y0 - cy) / r
-    xs = ((np.arange((x1 - x0) * _SS) + 0.5) / _SS + x0 - cx) / r
+    ys = ((np.arange((y1 - y0) * SS) + 0.5) / SS + y0 - cy) / r
+    xs = ((np.arange((x1 - x0) * SS) + 0.5) / SS + x0 - cx) / r
     angle = rng.uniform(-_ROTATION, _ROTATION)
     aspect = np.exp(rng.uniform(np.log(_ASPECT[0]), np.log(_ASPECT[1])))
     shear = rng.uniform(-_SHEAR, _SHEAR)
@@ -279,13 +219,6 @@ def _deformed_coords(rng, o, x0, y0, x1, y1):
     u = u + shear * v
     amp, freq, ph = rng.uniform(0, _WOBBLE, size=2), rng.uniform(2, 5, size=2), rng.uniform(0, 2 * np.pi, size=2)
     return u + amp[0] * np.sin(freq[0] * v + ph[0]), v + amp[1] * np.sin(freq[1] * u + ph[1])
-
-
-def _overlap(x0, y0, x1, y1, h, w):
-    """(image slices, window slices) of the part of the window [x0, x1) x [y0, y1) that lies
-    in an h x w image (both empty where none does)."""
-    iy0, iy1, ix0, ix1 = min(max(y0, 0), h), max(min(y1, h), 0), min(max(x0, 0), w), max(min(x1, w), 0)
-    return (slice(iy0, iy1), slice(ix0, ix1)), (slice(iy0 - y0, iy1 - y0), slice(ix0 - x0, ix1 - x0))
 
 
 def _render_image(rng, h, w, p):
@@ -300,15 +233,15 @@ def _render_image(rng, h, w, p):
         x1, y1 = int(np.ceil(cx + _EXTENT * r)) + 1 + pad, int(np.ceil(cy + _EXTENT * r)) + 1 + pad
         name = SHAPES_CLASSES[o["cls"]]
         u, v = _deformed_coords(rng, o, x0, y0, x1, y1)
-        cells = (y1 - y0, _SS, x1 - x0, _SS)
-        alpha = shape_mask(name, u, v, **_shape_params(rng, name)).reshape(cells).mean(axis=(1, 3))
+        cells = (y1 - y0, SS, x1 - x0, SS)
+        alpha = shape_mask(name, u, v, **shape_params(rng, name)).reshape(cells).mean(axis=(1, 3))
         mask = alpha >= 0.5
-        at, crop = _overlap(x0, y0, x1, y1, h, w)
+        at, crop = overlap(x0, y0, x1, y1, h, w)
         total, inside = int(mask.sum()), int(mask[crop].sum())
         if total == 0 or inside < max(1, p["min_inside"] * total):
             continue
         region = img[at]
-        base = _distinct_colour(rng, region[mask[crop]].mean(axis=0), p["min_contrast"])
+        base = distinct_colour(rng, region[mask[crop]].mean(axis=0), p["min_contrast"])
         pu, pv = (t.reshape(cells).mean(axis=(1, 3)) for t in (u, v))  # pixel centres
         colour = np.clip(_paint(rng, pu, pv, o["size"], base), 0, 255)
         premult = alpha[..., None] * colour
@@ -392,7 +325,6 @@ def generate_shapes_coco(
     Returns:
         The path of the json file.
     """
-    h, w = image_hw(image_size)
     params = dict(
         min_objects=int(min_objects), max_objects=int(max_objects), ambiguous_prob=float(ambiguous_prob),
         min_size=float(min_size),
@@ -402,30 +334,19 @@ def generate_shapes_coco(
     )
     if not 1 <= params["min_objects"] <= params["max_objects"] or not 0 < min_size <= small_max < min_clear:
         raise ValueError("need 1 <= min_objects <= max_objects and 0 < min_size <= small_max < min_clear")
-    image_dir = os.path.join(out_dir, "images")
-    os.makedirs(image_dir, exist_ok=True)
-    images, annotations = [], []
-    for i in range(int(num_images)):
-        img, anns = _render_image(np.random.Generator(np.random.PCG64([int(seed), i])), h, w, params)
-        name = f"{i + 1:06d}.png"
-        Image.fromarray(img).save(os.path.join(image_dir, name), format="PNG", compress_level=1, optimize=False)
-        images.append(dict(id=i + 1, file_name=name, height=h, width=w))
-        annotations += [dict(id=len(annotations) + j + 1, image_id=i + 1, **a) for j, a in enumerate(anns)]
     categories = [
         dict(id=i + 1, name=n, supercategory="shape", lookalike=_LOOKALIKE.get(n, ""))
         for i, n in enumerate(SHAPES_CLASSES)
     ]
     info = dict(description="gkd_d2 synthetic shapes dataset (learnable classes, ambiguous minority)",
-                version=str(SHAPES_GENERATOR_VERSION), seed=int(seed), image_size=[h, w], **params)
-    path = os.path.join(out_dir, "annotations.json")
-    with open(path, "w") as f:
-        json.dump(dict(info=info, licenses=[], images=images, annotations=annotations, categories=categories),
-                  f, sort_keys=True)
-    return path
+                version=str(SHAPES_GENERATOR_VERSION), **params)
+    return write_coco(
+        out_dir, num_images, image_size, seed, lambda rng, h, w: _render_image(rng, h, w, params), categories, info
+    )
 
 
 # --------------------------------------------------------------------------------------------
-# registration (the files and the stamp: gkd_d2/data/generated.py)
+# registration (the files and the stamp: storage.py)
 # --------------------------------------------------------------------------------------------
 def register_shapes_dataset(name, root, num_images, image_size=160, seed=0, **kwargs):
     """Generate the shapes dataset into ``root`` (once) and register it as ``name``.

@@ -1,5 +1,5 @@
-"""Generated COCO datasets on disk, shared by the synthetic generators (``synthetic.py``,
-``shapes.py``): the stamp, atomic placement, loading with clear errors, registration.
+"""Generated COCO datasets on disk, shared by the generators (``synthetic.py``, ``shapes.py``):
+writing the files, the stamp, atomic placement, registration.
 
 A generated dataset lives in one folder: ``annotations.json``, ``images/*.png`` and
 ``params.json``, the stamp, written last, holding every generator argument (defaults included),
@@ -15,6 +15,11 @@ import json
 import os
 import shutil
 import tempfile
+
+import numpy as np
+from PIL import Image
+
+from ..coco import load_coco_json_checked
 
 STAMP_FILES = {"images", "annotations.json", "params.json"}
 
@@ -33,6 +38,39 @@ def sha256(path):
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def write_coco(out_dir, num_images, image_size, seed, render, categories, info):
+    """Write ``out_dir/images/{image_id:06d}.png`` (ids ``1..num_images``) and
+    ``out_dir/annotations.json``; ``out_dir`` is created, same-named files are overwritten.
+
+    Image ``i`` is ``render(rng, h, w)`` -> (uint8 (h, w, 3) image, COCO annotations without
+    ids) with ``rng = numpy.random.Generator(PCG64([seed, i]))``, so the first images of a larger
+    set are those of a smaller one. PNGs are written with fixed encoder settings and the json
+    with sorted keys: the same arguments give byte-identical files. The json's ``info`` is
+    ``info`` with ``seed`` and ``image_size`` ([h, w]). Returns the path of the json file.
+    """
+    h, w = image_hw(image_size)
+    image_dir = os.path.join(out_dir, "images")
+    os.makedirs(image_dir, exist_ok=True)
+    images, annotations = [], []
+    for i in range(int(num_images)):
+        img, anns = render(np.random.Generator(np.random.PCG64([int(seed), i])), h, w)
+        name = f"{i + 1:06d}.png"
+        Image.fromarray(img).save(os.path.join(image_dir, name), format="PNG", compress_level=1, optimize=False)
+        images.append(dict(id=i + 1, file_name=name, height=h, width=w))
+        annotations += [dict(id=len(annotations) + j + 1, image_id=i + 1, **a) for j, a in enumerate(anns)]
+    coco = dict(
+        info=dict(info, seed=int(seed), image_size=[h, w]),
+        licenses=[],
+        images=images,
+        annotations=annotations,
+        categories=categories,
+    )
+    path = os.path.join(out_dir, "annotations.json")
+    with open(path, "w") as f:
+        json.dump(coco, f, sort_keys=True)
+    return path
 
 
 def read_stamp(root):
@@ -110,24 +148,6 @@ def ensure_generated(root, params, generate):
             raise RuntimeError(f"could not place the generated dataset at {root}")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-
-
-def load_coco_json_checked(json_file, image_root, dataset_name=None, extra_annotation_keys=None):
-    """Detectron2's ``load_coco_json``, with errors that name the file: a missing json raises
-    ``FileNotFoundError``, a truncated or otherwise unreadable one ``ValueError``, both naming
-    ``json_file`` and the dataset (a bare ``JSONDecodeError`` names neither)."""
-    from detectron2.data.datasets import load_coco_json
-
-    what = f" (dataset '{dataset_name}')" if dataset_name else ""
-    if not os.path.isfile(json_file):
-        raise FileNotFoundError(f"COCO json file '{json_file}'{what}: no such file.")
-    try:
-        return load_coco_json(json_file, image_root, dataset_name, extra_annotation_keys=extra_annotation_keys)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(
-            f"COCO json file '{json_file}'{what} is not valid json ({type(e).__name__}: {e}); "
-            "it is truncated or corrupt: regenerate or download it again."
-        ) from e
 
 
 def register_generated_dataset(name, root, params, generate, classes, extra_annotation_keys, params_key, **metadata):

@@ -56,14 +56,12 @@ Detectron2 the way ``register_coco_instances`` does, except that it passes
 ``extra_annotation_keys=EXTRA_ANNOTATION_KEYS`` to ``load_coco_json`` so the three extra
 fields survive into the dataset dicts (``register_coco_instances`` would drop them).
 """
-import json
-import os
-
 import numpy as np
 from PIL import Image, ImageDraw
 from scipy import ndimage
 
-from .generated import generator_params, image_hw, register_generated_dataset
+from .raster import SS, coarse_noise, distinct_colour, window
+from .storage import generator_params, register_generated_dataset, write_coco
 
 __all__ = [
     "EXTRA_ANNOTATION_KEYS",
@@ -82,7 +80,6 @@ GENERATOR_VERSION = 2
 _DISC, _RING, _SQUARE, _STRIPED, _TRIANGLE = range(5)
 _ROTATED = (_SQUARE, _STRIPED, _TRIANGLE)
 _SQRT3 = float(np.sqrt(3.0))
-_SS = 2  # supersampling factor per axis for anti-aliased shape edges and stripes
 
 
 # --------------------------------------------------------------------------------------------
@@ -99,31 +96,11 @@ def _shape_mask(cls, u, v, hole):
     return (v >= -0.5) & (np.abs(u) * _SQRT3 <= 1.0 - v)
 
 
-def _coarse_noise(rng, h, w, cells):
-    """Smooth noise in [-1, 1]: a ``cells``-wide random grid, bilinearly upsampled."""
-    gh, gw = max(2, int(round(cells * h / max(h, w)))), max(2, int(round(cells * w / max(h, w))))
-    grid = rng.uniform(-1, 1, size=(gh, gw))
-    return ndimage.zoom(grid, (h / gh, w / gw), order=1, mode="nearest", grid_mode=True)[:h, :w]
-
-
-def _distinct_colour(rng, ref, min_dist):
-    """A random RGB colour at least ``min_dist`` away from ``ref`` (best of a few tries)."""
-    best, best_d = None, -1.0
-    for _ in range(6):
-        c = rng.uniform(0, 255, size=3)
-        d = float(np.linalg.norm(c - ref))
-        if d >= min_dist:
-            return c
-        if d > best_d:
-            best, best_d = c, d
-    return best
-
-
 def _texture(rng, cls, u, v, size, base):
     """Colour (..., 3) of an object at its rotated unit coordinates ``u``, ``v``."""
     shape = u.shape + (3,)
     if cls == _STRIPED:
-        other = _distinct_colour(rng, base, 70.0)
+        other = distinct_colour(rng, base, 70.0)
         period = rng.uniform(3.0, float(np.clip(size / 3.0, 3.5, 9.0))) / (size / 2.0)  # unit coords
         angle = rng.uniform(0, np.pi)
         phase = rng.uniform(0, 1)
@@ -137,13 +114,8 @@ def _texture(rng, cls, u, v, size, base):
         a = rng.uniform(0, 2 * np.pi)
         return base + (u * np.cos(a) + v * np.sin(a))[..., None] * rng.uniform(15, 45)
     # mottled: smooth low-frequency colour variation (no stripes)
-    n = _coarse_noise(rng, u.shape[0], u.shape[1], 4)
+    n = coarse_noise(rng, u.shape[0], u.shape[1], 4)
     return base + n[..., None] * rng.uniform(15, 35) * rng.choice([-1.0, 1.0], size=3)
-
-
-def _window(cx, cy, r, h, w):
-    """Integer window (y0, y1, x0, x1) of radius ``r`` around (cx, cy), clipped to the image."""
-    return (max(int(cy - r), 0), min(int(cy + r) + 2, h), max(int(cx - r), 0), min(int(cx + r) + 2, w))
 
 
 def _background(rng, h, w):
@@ -152,12 +124,12 @@ def _background(rng, h, w):
     gx = (np.arange(w, dtype=np.float32) / s)[None, :, None]
     gy = (np.arange(h, dtype=np.float32) / s)[:, None, None]
     img = c0 + (c1 - c0) * gx + (c2 - c0) * gy
-    clouds = _coarse_noise(rng, h, w, rng.integers(3, 8)).astype(np.float32)
+    clouds = coarse_noise(rng, h, w, rng.integers(3, 8)).astype(np.float32)
     img += clouds[..., None] * rng.uniform(10, 35, size=3).astype(np.float32)
     for _ in range(rng.integers(0, 4)):  # soft blobs
         cx, cy, sd = rng.uniform(0, w), rng.uniform(0, h), rng.uniform(3, 0.12 * s)
         tint = rng.uniform(-70, 70, size=3)
-        y0, y1, x0, x1 = _window(cx, cy, 3 * sd, h, w)
+        y0, y1, x0, x1 = window(cx, cy, 3 * sd, h, w)
         if y0 < y1 and x0 < x1:
             yy, xx = np.ogrid[y0:y1, x0:x1]
             blob = np.exp(-((xx - cx) ** 2 + (yy - cy) ** 2) / (2 * sd * sd))
@@ -176,7 +148,7 @@ def _background(rng, h, w):
         rb = ra / rng.uniform(3, 8)
         a = rng.uniform(0, np.pi)
         colour = rng.uniform(0, 255, size=3).astype(np.float32)
-        y0, y1, x0, x1 = _window(cx, cy, ra, h, w)
+        y0, y1, x0, x1 = window(cx, cy, ra, h, w)
         if y0 < y1 and x0 < x1:
             yy, xx = np.ogrid[y0:y1, x0:x1]
             du, dv = xx - cx, yy - cy
@@ -227,13 +199,13 @@ def _render_image(rng, h, w, p):
         # full (amodal) window, possibly beyond the image; supersampled coordinates
         x0, y0 = int(np.floor(cx - r)) - pad, int(np.floor(cy - r)) - pad
         x1, y1 = int(np.ceil(cx + r)) + 1 + pad, int(np.ceil(cy + r)) + 1 + pad
-        ys = (np.arange((y1 - y0) * _SS) + 0.5) / _SS + y0
-        xs = (np.arange((x1 - x0) * _SS) + 0.5) / _SS + x0
+        ys = (np.arange((y1 - y0) * SS) + 0.5) / SS + y0
+        xs = (np.arange((x1 - x0) * SS) + 0.5) / SS + x0
         dv, du = (ys[:, None] - cy) / r, (xs[None, :] - cx) / r
         u = du * np.cos(angle) + dv * np.sin(angle)
         v = -du * np.sin(angle) + dv * np.cos(angle)
         cover = _shape_mask(cls, u, v, hole).astype(np.float64)
-        hw = (y1 - y0, _SS, x1 - x0, _SS)
+        hw = (y1 - y0, SS, x1 - x0, SS)
         alpha = cover.reshape(hw).mean(axis=(1, 3))
         mask = alpha >= 0.5  # the object's pixels
         total = int(mask.sum())
@@ -246,7 +218,7 @@ def _render_image(rng, h, w, p):
             continue
         region = img[iy0:iy1, ix0:ix1]
         ref = region[mask[crop]].mean(axis=0)
-        base = _distinct_colour(rng, ref, p["min_contrast"])
+        base = distinct_colour(rng, ref, p["min_contrast"])
         colour = _texture(rng, cls, u, v, size, base).reshape(hw + (3,)).mean(axis=(1, 3))
         colour = np.clip(colour, 0, 255)
         premult = alpha[..., None] * colour
@@ -327,7 +299,6 @@ def generate_synthetic_coco(
     Returns:
         The path of the json file.
     """
-    h, w = image_hw(image_size)
     params = dict(
         max_objects=int(max_objects), min_size=min_size, max_size_frac=max_size_frac, blur_prob=blur_prob,
         min_visible=min_visible, min_inside=min_inside, cluster_prob=cluster_prob, min_contrast=min_contrast,
@@ -335,39 +306,15 @@ def generate_synthetic_coco(
     )
     if params["max_objects"] < 1 or min_size <= 0:
         raise ValueError("max_objects must be >= 1 and min_size > 0")
-    image_dir = os.path.join(out_dir, "images")
-    os.makedirs(image_dir, exist_ok=True)
-    images, annotations = [], []
-    for i in range(int(num_images)):
-        rng = np.random.Generator(np.random.PCG64([int(seed), i]))
-        img, anns = _render_image(rng, h, w, params)
-        image_id = i + 1
-        name = f"{image_id:06d}.png"
-        Image.fromarray(img).save(os.path.join(image_dir, name), format="PNG", compress_level=1, optimize=False)
-        images.append(dict(id=image_id, file_name=name, height=h, width=w))
-        for a in anns:
-            annotations.append(dict(id=len(annotations) + 1, image_id=image_id, **a))
-    coco = dict(
-        info=dict(
-            description="gkd_d2 synthetic ambiguous-instances dataset",
-            version=str(GENERATOR_VERSION),
-            seed=int(seed),
-            image_size=[h, w],
-            **params,
-        ),
-        licenses=[],
-        images=images,
-        annotations=annotations,
-        categories=[dict(id=i + 1, name=n, supercategory="shape") for i, n in enumerate(SYNTHETIC_CLASSES)],
+    categories = [dict(id=i + 1, name=n, supercategory="shape") for i, n in enumerate(SYNTHETIC_CLASSES)]
+    info = dict(description="gkd_d2 synthetic ambiguous-instances dataset", version=str(GENERATOR_VERSION), **params)
+    return write_coco(
+        out_dir, num_images, image_size, seed, lambda rng, h, w: _render_image(rng, h, w, params), categories, info
     )
-    path = os.path.join(out_dir, "annotations.json")
-    with open(path, "w") as f:
-        json.dump(coco, f, sort_keys=True)
-    return path
 
 
 # --------------------------------------------------------------------------------------------
-# registration (the files and the stamp: gkd_d2/data/generated.py)
+# registration (the files and the stamp: storage.py)
 # --------------------------------------------------------------------------------------------
 def register_synthetic_dataset(name, root, num_images, image_size=256, seed=0, **kwargs):
     """Generate the synthetic dataset into ``root`` (once) and register it as ``name``.
