@@ -31,3 +31,15 @@ def retina_teacher(tmp_path_factory):
 def fcos_teacher(tmp_path_factory):
     """(config path, weights path) of a tiny FCOS teacher (random weights)."""
     return make_teacher(tmp_path_factory.mktemp("fcos_teacher"), "FCOS")
+
+
+@pytest.fixture(scope="session")
+def coco_json_files(tmp_path_factory):
+    """A small COCO-format dataset on disk (6 images of the synthetic data, 64 px):
+    (json text, json path, image folder)."""
+    from gkd_d2.data.generated.synthetic import generate_synthetic_coco
+
+    root = tmp_path_factory.mktemp("coco")
+    json_file = generate_synthetic_coco(str(root), num_images=6, image_size=64, seed=5)
+    with open(json_file) as f:
+        return f.read(), json_file, str(root / "images")

@@ -199,3 +199,18 @@ def test_cascade_teacher_teaches_faster_rcnn_student(tmp_path):
     # the response comes from the last cascade stage, its class-agnostic deltas re-encoded
     teacher_heads = model.teacher.roi_heads
     assert teacher_heads.box_predictor[-1].bbox_pred.out_features == 4
+
+
+def test_rkd_distances_precise_with_large_offset():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(40, 16, generator=g) + 1000.0  # > 25 rows: cdist's matrix-product path
+    xd = x.double()
+    ref = torch.cdist(xd, xd, compute_mode="donot_use_mm_for_euclid_dist")
+    off = ~torch.eye(40, dtype=torch.bool)
+    ref = ref / ref[off].mean()
+    d = distance_relations(x)
+    assert (d.double() - ref).abs().max() < 1e-5
+    assert (d.diagonal() == 0).all()
+    # uncentred, the same float32 features lose the distances (what the centring fixes)
+    raw = torch.cdist(x, x)
+    assert ((raw / raw[off].mean()).double() - ref)[off].abs().max() > 1e-3

@@ -1,4 +1,5 @@
-"""PGM in training: instance sampling, the refresh hook's schedule, caching, resume, 2 ranks."""
+"""PGM in training: instance sampling, the refresh hook's schedule, caching, resume, 2 ranks,
+warnings that name a class without instances."""
 import json
 import os
 
@@ -12,6 +13,7 @@ from detectron2.structures import BoxMode
 from helpers import distill_cfg, pgm_warnings_without_class
 
 from gkd_d2 import DistillTrainer, PrototypeRefresher
+from gkd_d2.data.builtin import register_datasets_from_cfg
 from gkd_d2.data.generated.synthetic import SYNTHETIC_CLASSES, register_synthetic_dataset
 from gkd_d2.prototypes.instances import sample_instances
 from gkd_d2.prototypes.refresh import PrototypeRefreshHook
@@ -249,3 +251,16 @@ def test_class_without_instances_warns_and_gets_no_prototypes(synth, synth_teach
     w = bank.robust_weights(torch.randn(n, bank.teacher.shape[-1]), torch.randn(n, bank.student.shape[-1]),
                             levels, torch.full((n,), missing))
     assert torch.equal(w, torch.ones(n))
+
+
+def test_pgm_warning_names_the_class_of_a_coco_json_dataset(coco_json_files, synth_teacher, tmp_path):
+    _, json_file, images = coco_json_files
+    cfg = distill_cfg(synth_teacher)
+    cfg.MODEL.ROI_HEADS.NUM_CLASSES = len(SYNTHETIC_CLASSES)
+    cfg.DATASETS.COCO_JSON = [["user_pgm_train", json_file, images]]
+    cfg.DATASETS.TRAIN, cfg.DATASETS.TEST = ("user_pgm_train",), ()
+    register_datasets_from_cfg(cfg)
+    missing = 2
+    warnings, model = pgm_warnings_without_class(cfg, DatasetCatalog.get("user_pgm_train"), missing)
+    name = SYNTHETIC_CLASSES[missing]
+    assert any(f"class {missing} has no instance" in w and f"'{name}'" in w for w in warnings), warnings

@@ -188,3 +188,19 @@ def test_concurrent_registration_from_several_processes(tmp_path):
     assert len(os.listdir(f"{root}/images")) == 12
     ref = generate_synthetic_coco(str(tmp_path / "ref"), 12, image_size=64, seed=9)
     assert open(ref, "rb").read() == open(f"{root}/annotations.json", "rb").read()
+
+
+def test_truncated_synthetic_json_is_regenerated(tmp_path):
+    root = tmp_path / "synth"
+    register_synthetic_dataset("gkd_test_stamp_a", str(root), num_images=3, image_size=64, seed=1)
+    good = (root / "annotations.json").read_text()
+    stamp = json.loads((root / "params.json").read_text())
+    assert len(stamp["annotations_sha256"]) == 64
+    (root / "annotations.json").write_text(good[: len(good) // 2])  # truncated, stamp intact
+    register_synthetic_dataset("gkd_test_stamp_b", str(root), num_images=3, image_size=64, seed=1)
+    assert (root / "annotations.json").read_text() == good  # regenerated, not reused
+    assert len(DatasetCatalog.get("gkd_test_stamp_b")) == 3
+    # truncated after registration: the loader's error names the file
+    (root / "annotations.json").write_text(good[: len(good) // 2])
+    with pytest.raises(ValueError, match=r"annotations\.json.*not valid json"):
+        DatasetCatalog.get("gkd_test_stamp_b")

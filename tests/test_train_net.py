@@ -1,4 +1,7 @@
-"""tools/train_net.py and tools/export_student.py end to end, as a user runs them."""
+"""tools/train_net.py and tools/export_student.py end to end, as a user runs them: training,
+evaluation, --resume, export, the command line, and a failed build that leaves the output
+folder as it was."""
+import importlib.util
 import json
 import os
 import re
@@ -147,3 +150,51 @@ DefaultTrainer.test(cfg, predictor.model, [COCOEvaluator('gkd_synth_val', output
     stock_log = run("-c", script, cwd=elsewhere)
     assert "predicted" in stock_log
     assert box_ap(stock_log) == box_ap(log)
+
+
+def _load_module(path, name):
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_resume_and_eval_only_after_key_value_pairs():
+    train_net = _load_module(os.path.join(ROOT, "tools", "train_net.py"), "gkd_train_net_tool")
+    args = train_net.parse_args(["--config-file", "c.yaml", "SOLVER.MAX_ITER", "5", "--resume"])
+    assert args.resume and args.opts == ["SOLVER.MAX_ITER", "5"]
+    args = train_net.parse_args(["--config-file", "c.yaml", "A", "1", "--eval-only", "B", "2"])
+    assert args.eval_only and not args.resume and args.opts == ["A", "1", "B", "2"]
+    with pytest.raises(SystemExit):  # any other option after the pairs: an error with a hint
+        train_net.parse_args(["--config-file", "c.yaml", "A", "1", "--num-gpus", "2"])
+
+
+@pytest.mark.parametrize("damage", ["truncated", "corrupt"])
+def test_failed_build_keeps_config_yaml_and_names_the_json(coco_json_files, tmp_path, damage):
+    """A truncated json fails at registration, one corrupt in the middle when the trainer builds
+    its data loader: both name the file, and an earlier run's config.yaml stays as it was."""
+    text, _, images = coco_json_files
+    bad = tmp_path / f"{damage}.json"
+    bad.write_text(text[: len(text) // 2] if damage == "truncated" else text[:100] + "#" + text[101:])
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "config.yaml").write_text("# the config of an earlier run\n")
+    (out / "model_final.pth").write_bytes(b"earlier weights")
+    proc = subprocess.run(
+        [
+            sys.executable, "tools/train_net.py",
+            "--config-file", "configs/Demo/student_faster_rcnn_R18_FPN.yaml",
+            "DATASETS.COCO_JSON", f"[['user_run_train', '{bad}', '{images}']]",
+            "DATASETS.TRAIN", "('user_run_train',)", "DATASETS.TEST", "()",
+            "INPUT.MIN_SIZE_TRAIN", "(64,)", "INPUT.MAX_SIZE_TRAIN", "64", "SOLVER.MAX_ITER", "1",
+            "DATALOADER.NUM_WORKERS", "0", "OUTPUT_DIR", str(out),
+            "--resume",  # after the KEY VALUE pairs: taken as the flag
+        ],
+        cwd=ROOT, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    log = proc.stdout + proc.stderr
+    assert proc.returncode != 0, log[-3000:]
+    assert "odd length" not in log
+    assert str(bad) in log.splitlines()[-1], log[-3000:]  # the error itself names the json
+    assert (out / "config.yaml").read_text() == "# the config of an earlier run\n"
+    assert (out / "model_final.pth").read_bytes() == b"earlier weights"
