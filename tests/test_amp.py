@@ -14,6 +14,7 @@ from gkd_d2.knowledge.losses import decoupled_feature_loss
 ARCHS = ["GeneralizedRCNN", "RetinaNet", "FCOS"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch", ARCHS)
 def test_autocast_step_has_half_teacher_and_float32_losses_close_to_full_precision(arch, request):
     torch.manual_seed(0)
@@ -55,6 +56,7 @@ def test_feature_loss_of_half_maps_reduces_in_float32():
     assert loss.item() == pytest.approx(4.0 * 300.0**2 / 2)
 
 
+@pytest.mark.slow
 def test_trainer_with_amp_enabled_trains_on_the_cpu(tmp_path, request):
     from detectron2.data import DatasetCatalog
 

@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 import yaml
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -15,6 +16,7 @@ def run_demo(cwd, *args):
     return subprocess.run([sys.executable, DEMO, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
 
 
+@pytest.mark.slow
 def test_demo_runs_the_four_stages_with_a_control_that_needs_no_teacher(tmp_path):
     """From another working directory, on 8 + 4 shapes images: four rows in the table and in
     results.json; the control fine-tunes the trained student without knowledge terms, its unused

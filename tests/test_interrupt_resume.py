@@ -80,6 +80,7 @@ def assert_same(a, b, path="checkpoint"):
         assert a == b, path
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_interrupt_and_resume_equals_uninterrupted_run(setup, tmp_path, sig):
     seed_all_rng(0)
@@ -115,6 +116,7 @@ def test_interrupt_and_resume_equals_uninterrupted_run(setup, tmp_path, sig):
     assert torch.equal(final["rng"]["torch"], reference["rng"]["torch"])
 
 
+@pytest.mark.slow
 def test_second_signal_aborts_at_once(setup, tmp_path):
     cfg = run_cfg(setup, tmp_path)
     trainer = DistillTrainer(cfg)

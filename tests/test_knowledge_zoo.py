@@ -107,6 +107,7 @@ MAY_BE_ZERO = {"loss_kd_chen_reg"}
 @pytest.mark.parametrize(
     "arch,terms", [("GeneralizedRCNN", RCNN_TERMS), ("RetinaNet", RETINA_TERMS), ("FCOS", FCOS_TERMS)]
 )
+@pytest.mark.slow
 def test_every_term_has_finite_loss_and_gradients_to_student_and_adapters_only(arch, terms, request):
     teacher = request.getfixturevalue(TEACHER_FIXTURES[arch])
     torch.manual_seed(0)

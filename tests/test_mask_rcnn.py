@@ -78,6 +78,7 @@ def mask_student_cfg(teacher):
     return cfg
 
 
+@pytest.mark.slow
 def test_mask_student_trains_its_mask_loss_with_distillation(teachers):
     cfg = mask_student_cfg(teachers["mask"])
     torch.manual_seed(0)

@@ -62,6 +62,7 @@ def rank_logs(out):
     return [(out / name).read_text() for name in ("log.txt", "log.txt.rank1")]
 
 
+@pytest.mark.slow
 def test_two_processes_train_evaluate_and_checkpoint(two_process_run):
     out, _, log = two_process_run
     rank0, rank1 = rank_logs(out)
@@ -79,6 +80,7 @@ def test_two_processes_train_evaluate_and_checkpoint(two_process_run):
     assert (out / "model_0000001.pth").is_file()
 
 
+@pytest.mark.slow
 def test_every_process_holds_the_same_prototypes(two_process_run):
     out, opts, _ = two_process_run
     pattern = r"Prototypes of iter (\d+) identical on 2 processes \(fingerprint (\w+)\)"

@@ -217,6 +217,7 @@ def _two_rank_worker(cfg, synth_root, out_dir):
     torch.save({"state": state, "stats": stats}, os.path.join(out_dir, f"rank{comm.get_rank()}.pth"))
 
 
+@pytest.mark.slow
 def test_two_processes_get_identical_prototypes(synth, synth_teacher, tmp_path):
     cfg = refresh_cfg(synth_teacher, synth, tmp_path)
     root = DatasetCatalog.get(synth)[0]["file_name"].rsplit("/images/", 1)[0]

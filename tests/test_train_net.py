@@ -77,6 +77,7 @@ def trained(tmp_path_factory):
     return tmp, teacher_log, log
 
 
+@pytest.mark.slow
 def test_train_and_evaluate_distillation_config(trained):
     tmp, teacher_log, log = trained
     assert "copypaste: Task: bbox" in teacher_log
@@ -89,6 +90,7 @@ def test_train_and_evaluate_distillation_config(trained):
     assert ckpt["iteration"] == 2 and "prototypes.teacher" in ckpt["model"]
 
 
+@pytest.mark.slow
 def test_eval_only_and_resume(trained):
     tmp, _, log = trained
     cfg = "configs/Demo/gkd_faster_rcnn_R34_to_R18_FPN.yaml"
@@ -109,6 +111,7 @@ def test_eval_only_and_resume(trained):
     assert "PGM refresh at iter 3" not in resume_log
 
 
+@pytest.mark.slow
 def test_exported_student_runs_in_stock_detectron2(trained):
     tmp, _, log = trained
     out = tmp / "exported"

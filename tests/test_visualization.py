@@ -234,6 +234,7 @@ def test_gallery_one_png_per_level_with_grid_size_and_stats(setup, tmp_path):
 
 
 # ------------------------------------------------------------------------------ overlay hook
+@pytest.mark.slow
 def test_overlay_hook_draws_after_each_refresh_and_restores_mode(setup, tmp_path):
     cfg = setup.cfg.clone()
     cfg.OUTPUT_DIR = str(tmp_path)
@@ -311,6 +312,7 @@ def _config_file(setup, path, **overrides):
     return str(path)
 
 
+@pytest.mark.slow
 def test_cli_end_to_end_regenerates_empty_prototypes(setup, tmp_path):
     # gkd_synth_train with the parameters of the module's data: the files are reused as they are
     config = _config_file(
@@ -364,6 +366,7 @@ def test_cli_end_to_end_regenerates_empty_prototypes(setup, tmp_path):
     assert os.path.getmtime(stamp) == stamp_time  # the data were reused, not regenerated
 
 
+@pytest.mark.slow
 def test_cli_uses_checkpoint_prototypes_in_process(setup, tmp_path, capsys):
     config = _config_file(setup, tmp_path / "cfg.yaml")
     res = _cli().visualize(
