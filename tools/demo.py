@@ -108,8 +108,8 @@ def main():
     parser.add_argument("--teacher-iters", type=int, default=440)
     parser.add_argument("--dataset", choices=sorted(GENERATED_DATASETS), default="shapes",
                         help="the generated data: 'shapes' (ten classes a small detector learns, a minority of "
-                             "ambiguous instances; gkd_d2/data/shapes.py) or 'synth' (ambiguous instances, "
-                             "hard for every detector; gkd_d2/data/synthetic.py)")
+                             "ambiguous instances; gkd_d2/data/generated/shapes.py) or 'synth' (ambiguous instances, "
+                             "hard for every detector; gkd_d2/data/generated/synthetic.py)")
     parser.add_argument("--num-train", type=int, default=2000, help="generated training images")
     parser.add_argument("--num-val", type=int, default=200, help="generated validation images")
     parser.add_argument("--output", default="output/demo")
