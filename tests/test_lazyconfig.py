@@ -37,6 +37,7 @@ def lazy_config(*overrides):
     return LazyConfig.apply_overrides(LazyConfig.load(LAZY), list(overrides))
 
 
+@pytest.mark.slow
 def test_lazy_model_is_the_yaml_model_and_gives_the_same_losses(demo_teacher):
     cfg = load_config(YAML, ["MODEL.WEIGHTS", "", "DISTILL.TEACHER.WEIGHTS", demo_teacher])
     torch.manual_seed(0)

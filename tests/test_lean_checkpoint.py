@@ -79,6 +79,7 @@ def test_round_trip_gives_the_same_losses_and_old_checkpoints_load(rcnn_teacher,
     again.load_state_dict(model.state_dict(), strict=True)
 
 
+@pytest.mark.slow
 def test_changed_teacher_is_an_error_on_resume_and_a_warning_on_load(tmp_path, caplog):
     teacher_dir = tmp_path / "teacher"
     teacher_dir.mkdir()
