@@ -3,7 +3,7 @@
 A teacher with random weights, one trained on another task, or a loss weight far too large for
 the pair gives ``loss_kd_*`` values thousands (or 10^7) times the student's own losses; training
 then follows the teacher's noise and the detection losses do not move. The rule of thumb
-(README, "Weights away from COCO scale"): a knowledge term more than 10x the sum of the detection
+(``docs/tuning.md``): a knowledge term more than 10x the sum of the detection
 losses is a sign to lower its weight. :class:`LossScaleHook` checks it over the first iterations
 and warns once per run, naming the term and the ratio.
 """
@@ -66,7 +66,7 @@ class LossScaleHook(HookBase):
             "Loss scale at iteration %d: %s the sum of the detection losses (%.4g = %s), more than "
             "%gx. The teacher may not match the student (random or other-task weights: "
             "DISTILL.TEACHER.WEIGHTS), or the term's weight is too large for this pair: lower it "
-            "(%s options). This warning is given once.",
+            "(%s options; docs/tuning.md). This warning is given once.",
             it, terms, total, " + ".join(detection), self.max_ratio,
             ", ".join(dict.fromkeys(_weight_options(k) for k, _, _ in found)),
         )

@@ -108,7 +108,7 @@ def test_started_run_writes_config_after_its_first_step_and_warns_loss_scale(
     assert saved == [(0, True)]  # once, after step 0, the refresh of step 0 done
     assert "edge_safety_ok" in (out / "config.yaml").read_text()
     assert len(warnings) == 1 and warnings[0].startswith("Loss scale at iteration 0: loss_kd_feature = ")
-    assert "(DISTILL.FEATURE options)" in warnings[0]
+    assert "(DISTILL.FEATURE options; docs/tuning.md)" in warnings[0]
 
 
 # ------------------------------------------------------------------------------- --eval-only

@@ -93,7 +93,7 @@ def test_loss_scale_warns_once_naming_the_term_and_ratio():
         "Loss scale at iteration 2: loss_kd_feature = 2e+07 is 1e+07x the sum of the detection losses (2 = "
         "loss_box_reg + loss_cls), more than 10x. The teacher may not match the student (random or other-task "
         "weights: DISTILL.TEACHER.WEIGHTS), or the term's weight is too large for this pair: lower it "
-        "(DISTILL.FEATURE options). This warning is given once."
+        "(DISTILL.FEATURE options; docs/tuning.md). This warning is given once."
     ]
     # only the first iterations of the run are checked (here 2, from a resumed run's start)
     assert run_hook([ok, ok, bad], start=100, iterations=2) == []
