@@ -18,7 +18,9 @@ preemption). Three pieces make ``--resume`` continue exactly where the run stopp
 - :func:`launch`: Detectron2's ``launch`` for the tools: an interrupted run exits with status
   130 with one process or several (Detectron2's parent process would report the workers' exit
   as a ``ProcessExitedException`` traceback and exit 1), and the parent waits for its workers
-  to save the checkpoint instead of dying on the same Ctrl-C.
+  to save the checkpoint instead of dying on the same Ctrl-C. (A SIGTERM to the parent alone
+  ends it as before; its workers then get SIGINT, PyTorch's parent-death signal, and stop
+  gracefully.)
 
 Exactness: a resumed run reproduces the uninterrupted one bit for bit on CPU with
 ``DATALOADER.NUM_WORKERS 0`` and one process. With data-loader workers, augmentations drawn
@@ -37,8 +39,8 @@ import threading
 import numpy as np
 import torch
 import torch.distributed as dist
-from detectron2.data.samplers import TrainingSampler
 import torch.multiprocessing as mp
+from detectron2.data.samplers import TrainingSampler
 from detectron2.engine import HookBase
 from detectron2.engine import launch as d2_launch
 from detectron2.engine.launch import DEFAULT_TIMEOUT, _distributed_worker, _find_free_port
@@ -191,20 +193,20 @@ def _exit_130_when_interrupted(main_func, *args):
     except TrainingInterrupted as stop:
         logger.warning("%s", stop)
     except KeyboardInterrupt:
-        logger.warning("Interrupted before training started: nothing to resume from.")
+        logger.warning("Interrupted outside the training loop: no checkpoint was written for this moment.")
     sys.exit(INTERRUPTED_EXIT)
 
 
 class _ParentWaitsOnSignal:
-    """In the parent of the workers: the first SIGINT / SIGTERM (Ctrl-C reaches the workers
-    too) is only announced, so the parent keeps waiting while the workers finish their step
-    and save the checkpoint; the previous handlers come back after it (a second one acts)."""
+    """In the parent of the workers: the first SIGINT (a terminal's Ctrl-C reaches the workers
+    too) is only announced, so the parent keeps waiting while the workers finish their step and
+    save the checkpoint; the previous handler comes back after it (a second one acts). SIGTERM
+    keeps its default: a parent killed alone makes PyTorch send SIGINT to its workers."""
 
     def __enter__(self):
         self._previous = {}
         if threading.current_thread() is threading.main_thread():
-            for sig in GracefulInterruptHook.SIGNALS:
-                self._previous[sig] = signal.signal(sig, self._handler)
+            self._previous[signal.SIGINT] = signal.signal(signal.SIGINT, self._handler)
         return self
 
     def _handler(self, signum, frame):
@@ -231,7 +233,7 @@ def launch(main_func, num_gpus_per_machine, num_machines=1, machine_rank=0, dist
     with status 130 and no traceback, with one process or several: a worker that stops on
     :class:`TrainingInterrupted` (or a ``KeyboardInterrupt``) exits 130 and the parent exits 130
     once every worker has ended (a worker's other failure is re-raised as Detectron2 does).
-    With several processes the parent survives the first Ctrl-C, waiting for the workers."""
+    With several processes the parent survives the first Ctrl-C (SIGINT), waiting for the workers."""
     main_func = functools.partial(_exit_130_when_interrupted, main_func)
     world_size = num_machines * num_gpus_per_machine
     if world_size <= 1:
