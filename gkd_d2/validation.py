@@ -4,6 +4,7 @@ Loss weights and term options are checked by each knowledge term (``knowledge/ba
 teacher/student pair by the detector families (``detectors/``).
 """
 import logging
+import weakref
 
 from detectron2.config import CfgNode
 from detectron2.config import get_cfg
@@ -15,6 +16,8 @@ from .prototypes.instances import check_sampling
 from .prototypes.selection import check_selection
 
 logger = logging.getLogger(__name__)
+#: configs already told they are a control run (a model build validates its config twice)
+_CONTROL_RUNS_TOLD = weakref.WeakValueDictionary()
 
 
 def check_knowledge_terms(cfg):
@@ -25,6 +28,9 @@ def check_knowledge_terms(cfg):
     if list(cfg.DISTILL.KNOWLEDGE):
         return
     if not cfg.DISTILL.PGM.ENABLED:
+        if _CONTROL_RUNS_TOLD.get(id(cfg)) is cfg:
+            return
+        _CONTROL_RUNS_TOLD[id(cfg)] = cfg
         logger.warning(
             "DISTILL.KNOWLEDGE is empty and DISTILL.PGM.ENABLED False: the student trains alone "
             "inside the distillation wrapper (a control run); the teacher is built but never run."

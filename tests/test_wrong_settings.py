@@ -32,7 +32,8 @@ class Records(logging.Handler):
 # ------------------------------------------------------------------------ DISTILL.KNOWLEDGE []
 def test_empty_knowledge_is_refused_before_the_teacher_is_loaded(rcnn_teacher, monkeypatch):
     loaded = []
-    monkeypatch.setattr(gkd_d2.meta_arch, "build_teacher", lambda cfg: loaded.append(cfg))
+    monkeypatch.setattr(gkd_d2.meta_arch, "build_teacher_model", lambda cfg: loaded.append(cfg))
+    monkeypatch.setattr(gkd_d2.meta_arch, "load_teacher_weights", lambda *a: loaded.append(a))
     cfg = distill_cfg(rcnn_teacher, knowledge=[])
     with pytest.raises(ValueError) as info:
         build_model(cfg)
