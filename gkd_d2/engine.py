@@ -10,13 +10,21 @@ from contextlib import contextmanager
 
 import detectron2.engine.defaults as d2_defaults
 import torch.distributed as dist
-from detectron2.data import MetadataCatalog, build_detection_train_loader, get_detection_dataset_dicts
-from detectron2.engine import DefaultTrainer, hooks
+from detectron2.data import (
+    MetadataCatalog,
+    build_detection_test_loader,
+    build_detection_train_loader,
+    get_detection_dataset_dicts,
+)
+from detectron2.engine import DefaultTrainer, HookBase, hooks
 from detectron2.evaluation import COCOEvaluator, PascalVOCDetectionEvaluator
 from detectron2.utils import comm
 
 from .amp import CPUAMPTrainer
 from .checkpoint import DistillationCheckpointer
+from .data.classes import check_dataset_classes
+from .data.images import CheckedDatasetMapper
+from .loss_scale import LossScaleHook
 from .prototypes.agreement import PrototypeAgreementHook
 from .prototypes.refresh import PrototypeRefreshHook
 from .resume import GracefulInterruptHook, ResumableTrainingSampler, RNGState
@@ -72,6 +80,19 @@ def _cpu_capable_ddp():
         d2_defaults.create_ddp_model = _d2_create_ddp_model
 
 
+class FirstStepHook(HookBase):
+    """Call ``fn()`` once, right after the first step of the run: by then the first prototype
+    refresh has read its images and the first batch has been trained on."""
+
+    def __init__(self, fn):
+        self.fn = fn
+        self.done = False
+
+    def after_step(self):
+        if not self.done:
+            self.done = True
+            self.fn()
+
 class DistillTrainer(DefaultTrainer):
     """``DefaultTrainer`` for a ``DistillationDetector``; everything else is Detectron2's."""
 
@@ -89,15 +110,21 @@ class DistillTrainer(DefaultTrainer):
 
     @classmethod
     def build_train_loader(cls, cfg):
-        """Detectron2's train loader; with ``DATALOADER.SAMPLER_TRAIN = "TrainingSampler"``
+        """Detectron2's train loader, whose image-read errors name the file
+        (:class:`CheckedDatasetMapper`); with ``DATALOADER.SAMPLER_TRAIN = "TrainingSampler"``
         (the default) its sampler is a :class:`ResumableTrainingSampler`, reachable as
-        ``loader.resumable_sampler``."""
+        ``loader.resumable_sampler``. Once the training set is loaded, the class count of every
+        dataset of the run is checked against the model's (:func:`check_dataset_classes`):
+        the trainer has written nothing yet."""
+        mapper = CheckedDatasetMapper(cfg, True)
         if cfg.DATALOADER.SAMPLER_TRAIN != "TrainingSampler":
             logger.info(
                 "DATALOADER.SAMPLER_TRAIN=%s: --resume restarts its index stream.",
                 cfg.DATALOADER.SAMPLER_TRAIN,
             )
-            return build_detection_train_loader(cfg)
+            loader = build_detection_train_loader(cfg, mapper=mapper)
+            check_dataset_classes(cfg)
+            return loader
         dataset = get_detection_dataset_dicts(  # as build_detection_train_loader does
             cfg.DATASETS.TRAIN,
             filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS,
@@ -106,14 +133,28 @@ class DistillTrainer(DefaultTrainer):
             else 0,
             proposal_files=cfg.DATASETS.PROPOSAL_FILES_TRAIN if cfg.MODEL.LOAD_PROPOSALS else None,
         )
+        check_dataset_classes(cfg)
         sampler = ResumableTrainingSampler(len(dataset))
         # seed: the loader draws its workers' base seed from its own generator (distinct per
         # process), not from the global torch generator that RNGState restores on --resume
         loader = build_detection_train_loader(
-            cfg, dataset=dataset, sampler=sampler, seed=sampler.state_dict()["seed"] + comm.get_rank()
+            cfg, mapper=mapper, dataset=dataset, sampler=sampler, seed=sampler.state_dict()["seed"] + comm.get_rank()
         )
         loader.resumable_sampler = sampler
         return loader
+
+    @classmethod
+    def build_test_loader(cls, cfg, dataset_name):
+        """Detectron2's test loader, whose image-read errors name the file."""
+        return build_detection_test_loader(cfg, dataset_name, mapper=CheckedDatasetMapper(cfg, False))
+
+    def after_first_step(self, fn):
+        """Call ``fn()`` once the run's first step has succeeded, before that step's checkpoint,
+        metrics or interrupt (``tools/train_net.py`` writes ``config.yaml`` so: a run that fails
+        to start leaves an earlier run's untouched)."""
+        hook = FirstStepHook(fn)
+        hook.trainer = weakref.proxy(self)
+        self._hooks.insert(0, hook)
 
     def resume_or_load(self, resume=True):
         """Detectron2's, plus: the data stream continues where the checkpoint's run was."""
@@ -138,6 +179,8 @@ class DistillTrainer(DefaultTrainer):
         # them and before any checkpoint of that iteration is written.
         pos = next(i for i, h in enumerate(ret) if isinstance(h, hooks.LRScheduler)) + 1
         ret[pos:pos] = prototype_hooks(self.cfg, self._trainer.model)
+        if len(getattr(unwrap_model(self._trainer.model), "knowledge", ())):  # a knowledge loss far too large
+            ret.append(LossScaleHook())
         # last: a signal stops training after the step's scheduler update and checkpoint hooks
         ret.append(GracefulInterruptHook())
         return ret

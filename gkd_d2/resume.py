@@ -15,23 +15,35 @@ preemption). Three pieces make ``--resume`` continue exactly where the run stopp
   the checkpoint and which skips the ``start_iter * images_per_process`` indices the run had
   already consumed, so the restarted run sees the same images in the same order.
 
+- :func:`launch`: Detectron2's ``launch`` for the tools: an interrupted run exits with status
+  130 with one process or several (Detectron2's parent process would report the workers' exit
+  as a ``ProcessExitedException`` traceback and exit 1), and the parent waits for its workers
+  to save the checkpoint instead of dying on the same Ctrl-C. (A SIGTERM to the parent alone
+  ends it as before; its workers then get SIGINT, PyTorch's parent-death signal, and stop
+  gracefully.)
+
 Exactness: a resumed run reproduces the uninterrupted one bit for bit on CPU with
 ``DATALOADER.NUM_WORKERS 0`` and one process. With data-loader workers, augmentations drawn
 inside the workers restart from new seeds (same images, same order, other flips); on GPUs,
 non-deterministic kernels make runs differ anyway. Processes other than the main one get a
 fresh seed derived from the restored state and their rank.
 """
+import functools
 import itertools
 import logging
 import random
 import signal
+import sys
 import threading
 
 import numpy as np
 import torch
 import torch.distributed as dist
+import torch.multiprocessing as mp
 from detectron2.data.samplers import TrainingSampler
 from detectron2.engine import HookBase
+from detectron2.engine import launch as d2_launch
+from detectron2.engine.launch import DEFAULT_TIMEOUT, _distributed_worker, _find_free_port
 from detectron2.utils import comm
 
 logger = logging.getLogger(__name__)
@@ -41,7 +53,11 @@ __all__ = [
     "RNGState",
     "ResumableTrainingSampler",
     "TrainingInterrupted",
+    "launch",
 ]
+
+#: the exit status of an interrupted run (128 + SIGINT, as a shell reports Ctrl-C)
+INTERRUPTED_EXIT = 130
 
 
 class TrainingInterrupted(KeyboardInterrupt):
@@ -166,3 +182,81 @@ class ResumableTrainingSampler(TrainingSampler):
 
     def load_state_dict(self, state):
         self._seed = int(state["seed"])
+
+
+def _exit_130_when_interrupted(main_func, *args):
+    """Run ``main_func(*args)`` in a worker; an interrupt (:class:`TrainingInterrupted` after the
+    checkpoint, or a bare ``KeyboardInterrupt`` before training started) exits with status 130.
+    (PyTorch's worker wrapper would turn a ``KeyboardInterrupt`` into status 0.)"""
+    try:
+        return main_func(*args)
+    except TrainingInterrupted as stop:
+        logger.warning("%s", stop)
+    except KeyboardInterrupt:
+        logger.warning("Interrupted outside the training loop: no checkpoint was written for this moment.")
+    sys.exit(INTERRUPTED_EXIT)
+
+
+class _ParentWaitsOnSignal:
+    """In the parent of the workers: the first SIGINT (a terminal's Ctrl-C reaches the workers
+    too) is only announced, so the parent keeps waiting while the workers finish their step and
+    save the checkpoint; the previous handler comes back after it (a second one acts). SIGTERM
+    keeps its default: a parent killed alone makes PyTorch send SIGINT to its workers."""
+
+    def __enter__(self):
+        self._previous = {}
+        if threading.current_thread() is threading.main_thread():
+            self._previous[signal.SIGINT] = signal.signal(signal.SIGINT, self._handler)
+        return self
+
+    def _handler(self, signum, frame):
+        print(
+            f"{signal.Signals(signum).name} received: waiting for the training processes to finish "
+            "their iteration and save a checkpoint (again to abort at once).",
+            file=sys.stderr,
+            flush=True,
+        )
+        self._restore()
+
+    def _restore(self):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous = {}
+
+    def __exit__(self, *exc):
+        self._restore()
+
+
+def launch(main_func, num_gpus_per_machine, num_machines=1, machine_rank=0, dist_url=None, args=(),
+           timeout=DEFAULT_TIMEOUT):
+    """Detectron2's ``detectron2.engine.launch`` (same arguments), where an interrupted run exits
+    with status 130 and no traceback, with one process or several: a worker that stops on
+    :class:`TrainingInterrupted` (or a ``KeyboardInterrupt``) exits 130 and the parent exits 130
+    once every worker has ended (a worker's other failure is re-raised as Detectron2 does).
+    With several processes the parent survives the first Ctrl-C (SIGINT), waiting for the workers."""
+    main_func = functools.partial(_exit_130_when_interrupted, main_func)
+    world_size = num_machines * num_gpus_per_machine
+    if world_size <= 1:
+        return d2_launch(main_func, num_gpus_per_machine, num_machines, machine_rank, dist_url, args, timeout)
+    if dist_url == "auto":
+        if num_machines != 1:
+            raise ValueError("--dist-url auto works on one machine only; give a tcp:// address.")
+        dist_url = f"tcp://127.0.0.1:{_find_free_port()}"
+    with _ParentWaitsOnSignal():
+        context = mp.start_processes(
+            _distributed_worker,
+            nprocs=num_gpus_per_machine,
+            args=(main_func, world_size, num_gpus_per_machine, machine_rank, dist_url, args, timeout),
+            daemon=False,
+            join=False,
+        )
+        try:
+            # a grace period: the other workers end by themselves after the first one's exit
+            while not context.join(grace_period=60):
+                pass
+        except mp.ProcessExitedException as e:
+            if e.exit_code != INTERRUPTED_EXIT:
+                raise
+            print("Training interrupted: exit status 130 (see the log for the checkpoint; continue "
+                  "with the same command plus --resume).", file=sys.stderr, flush=True)
+            sys.exit(INTERRUPTED_EXIT)

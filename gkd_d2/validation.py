@@ -3,6 +3,9 @@
 Loss weights and term options are checked by each knowledge term (``knowledge/base.py``), the
 teacher/student pair by the detector families (``detectors/``).
 """
+import logging
+import weakref
+
 from detectron2.config import CfgNode
 from detectron2.config import get_cfg
 
@@ -12,9 +15,42 @@ from .pooling import INSTANCE_LEVEL_RULES, INSTANCE_POOLINGS
 from .prototypes.instances import check_sampling
 from .prototypes.selection import check_selection
 
+logger = logging.getLogger(__name__)
+#: configs already told they are a control run (a model build validates its config twice)
+_CONTROL_RUNS_TOLD = weakref.WeakValueDictionary()
+
+
+def check_knowledge_terms(cfg):
+    """An empty ``DISTILL.KNOWLEDGE`` with ``DISTILL.PGM.ENABLED`` is an error: no term would use
+    the teacher or the prototypes, which would be loaded and computed for nothing. Without PGM it
+    is the control run of ``tools/demo.py`` and ``benchmarks/`` (the student fine-tuned in the
+    same wrapper: frozen BatchNorm, same schedule and seed; the teacher is built, never run)."""
+    if list(cfg.DISTILL.KNOWLEDGE):
+        return
+    if not cfg.DISTILL.PGM.ENABLED:
+        if _CONTROL_RUNS_TOLD.get(id(cfg)) is cfg:
+            return
+        _CONTROL_RUNS_TOLD[id(cfg)] = cfg
+        logger.warning(
+            "DISTILL.KNOWLEDGE is empty and DISTILL.PGM.ENABLED False: the student trains alone "
+            "inside the distillation wrapper (a control run); the teacher is built but never run."
+        )
+        return
+    arch = cfg.DISTILL.STUDENT_ARCHITECTURE
+    raise ValueError(
+        "DISTILL.KNOWLEDGE is empty: no knowledge term, so the teacher would be loaded and the "
+        "prototypes (DISTILL.PGM.ENABLED True) generated for nothing. Name the terms to distil "
+        "(e.g. DISTILL.KNOWLEDGE \"['feature', 'response', 'global']\"). To train the student "
+        "alone, train it with Detectron2's own tools and config (MODEL.META_ARCHITECTURE "
+        f"{arch}, no DISTILL node: tools/train_net.py --config-file <the student's yaml>); for a "
+        "control run inside the distillation wrapper, set DISTILL.PGM.ENABLED False as well."
+    )
+
 
 def validate_distill_config(cfg):
-    """Check ``DISTILL.STUDENT_ARCHITECTURE``, ``DISTILL.PGM`` and ``DISTILL.VIS``."""
+    """Check ``DISTILL.KNOWLEDGE`` (:func:`check_knowledge_terms`), ``DISTILL.STUDENT_ARCHITECTURE``,
+    ``DISTILL.PGM`` and ``DISTILL.VIS``."""
+    check_knowledge_terms(cfg)
     arch = cfg.DISTILL.STUDENT_ARCHITECTURE
     if arch not in SUPPORTED_STUDENTS:
         raise ValueError(

@@ -19,10 +19,13 @@ own LazyConfig model, ``train.init_checkpoint`` the absolute path of the exporte
 ``DATASETS.TRAIN`` / ``TEST`` keep only the names stock Detectron2 knows (its builtin COCO,
 VOC, ... names); gkd_d2's own datasets (``gkd_synth_*``, ``gkd_shapes_*``, the
 ``DATASETS.COCO_JSON`` entries) are removed, and a comment at the top of config.yaml gives the
-``register_coco_instances`` line of each, for evaluating the exported model with them.
+``register_coco_instances`` line of each, for evaluating the exported model with them. The
+export prints (and writes in that comment) the exact ``tools/train_net.py --eval-only`` command
+that evaluates the exported student on the distillation config's ``DATASETS.TEST``.
 """
 import argparse
 import os
+import shlex
 import sys
 
 import torch
@@ -31,9 +34,13 @@ from detectron2.data import DatasetCatalog
 from omegaconf import OmegaConf
 from gkd_d2.config import load_config
 from gkd_d2.data.builtin import gkd_dataset_files
+from gkd_d2.data.coco import coco_json_datasets
+from gkd_d2.data.generated.registration import SHAPES_SPLITS, SYNTHETIC_SPLITS
 from gkd_d2.export import plain_detectron2_config
 from gkd_d2.lazy import dataset_names, student_lazy_model
 from gkd_d2.teacher import is_lazy_config
+
+TRAIN_NET = os.path.join(os.path.dirname(os.path.abspath(__file__)), "train_net.py")
 
 PREFIX = "student."
 
@@ -64,7 +71,42 @@ def dropped_datasets(cfg):
     }
 
 
-def config_header(cfg, config_file, checkpoint):
+def _generated_opts(cfg, name):
+    """The ``DATASETS.SYNTHETIC`` / ``SHAPES`` options that make ``tools/train_net.py`` register
+    the generated dataset ``name`` from the same files (root made absolute), or None."""
+    for splits, node in ((SYNTHETIC_SPLITS, "SYNTHETIC"), (SHAPES_SPLITS, "SHAPES")):
+        if name in splits and node in cfg.DATASETS:
+            s = cfg.DATASETS[node]
+            size_key = splits[name][0]
+            return [f"DATASETS.{node}.ROOT", os.path.abspath(s.ROOT), f"DATASETS.{node}.{size_key}", str(s[size_key]),
+                    f"DATASETS.{node}.IMAGE_SIZE", str(s.IMAGE_SIZE), f"DATASETS.{node}.SEED", str(s.SEED)]
+    return None
+
+
+def eval_command(cfg, config_path, output_dir):
+    """``(command, unknown)``: the shell command (absolute paths) that evaluates the exported
+    student (config ``config_path``) on ``cfg.DATASETS.TEST`` with gkd_d2's ``tools/train_net.py
+    --eval-only``, registering gkd_d2's own datasets from the same files, its results in
+    ``output_dir/eval``; ``unknown``: the test datasets registered by the user's own code (the
+    command needs them registered first)."""
+    coco = coco_json_datasets(cfg)
+    entries, opts, unknown = [], [], []
+    for name in cfg.DATASETS.TEST:
+        generated = _generated_opts(cfg, name)
+        if generated is not None:
+            opts += generated
+        elif name in coco:
+            entries.append([name, *coco[name]])
+        elif name not in DatasetCatalog.list():
+            unknown.append(name)
+    if entries:
+        opts = ["DATASETS.COCO_JSON", str(entries)] + opts
+    args = [sys.executable, TRAIN_NET, "--config-file", os.path.abspath(config_path), "--eval-only", *opts,
+            "DATASETS.TEST", str(tuple(cfg.DATASETS.TEST)), "OUTPUT_DIR", os.path.abspath(os.path.join(output_dir, "eval"))]
+    return " ".join(shlex.quote(a) for a in args), unknown
+
+
+def config_header(cfg, config_file, checkpoint, command=None):
     """The comment written at the top of the exported config.yaml."""
     lines = [
         f"# Student exported by gkd_d2 (tools/export_student.py) from {os.path.abspath(config_file)}",
@@ -82,6 +124,8 @@ def config_header(cfg, config_file, checkpoint):
                 lines.append(f"#   register_coco_instances({name!r}, {{}}, {files[0]!r}, {files[1]!r})")
             else:
                 lines.append(f"#   ({name!r}: registered by your own code)")
+    if command:
+        lines += ["# Evaluate this student on the distillation config's DATASETS.TEST with gkd_d2:", f"#   {command}"]
     return "\n".join(lines) + "\n"
 
 
@@ -139,8 +183,9 @@ def export(config_file, checkpoint, output_dir, opts=()):
     weights = os.path.join(output_dir, "model_final.pth")
     torch.save({"model": state, "__author__": "gkd_d2 export_student"}, weights)
     config = os.path.join(output_dir, "config.yaml")
+    command = eval_command(cfg, config, output_dir)[0] if cfg.DATASETS.TEST else None
     with open(config, "w") as f:
-        f.write(config_header(cfg, config_file, checkpoint) + student_config(cfg, weights).dump())
+        f.write(config_header(cfg, config_file, checkpoint, command) + student_config(cfg, weights).dump())
     return config, os.path.abspath(weights)
 
 
@@ -153,6 +198,17 @@ def main(argv=None):
     args = parser.parse_args(argv)
     config, weights = export(args.config_file, args.checkpoint, args.output, args.opts)
     print(f"student weights: {weights}\nstudent config:  {config}")
+    if is_lazy_config(args.config_file):
+        return
+    cfg = load_config(args.config_file, args.opts)
+    if not cfg.DATASETS.TEST:
+        print("DATASETS.TEST of the distillation config is empty: to evaluate the student, run "
+              f"{TRAIN_NET} --config-file {os.path.abspath(config)} --eval-only DATASETS.TEST \"('your_val',)\"")
+        return
+    command, unknown = eval_command(cfg, config, args.output)
+    if unknown:
+        print(f"register {unknown} (your own code registers them during training) before evaluating:")
+    print(f"evaluate it: {command}")
 
 
 if __name__ == "__main__":

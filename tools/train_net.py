@@ -9,11 +9,14 @@
 Every Detectron2 option works (--num-machines, --machine-rank, --dist-url, KEY VALUE pairs);
 ``--resume`` and ``--eval-only`` may also come after the KEY VALUE pairs.
 Ctrl-C (or SIGTERM) finishes the current iteration, saves a checkpoint and exits with status
-130; the same command with --resume continues as if nothing had happened.
+130, with one process or several; the same command with --resume continues as if nothing had
+happened.
 
-``OUTPUT_DIR/config.yaml`` is written once the model (and, for training, the trainer with its
-data loader and the loaded weights) is built: a run that fails before that leaves the
-config.yaml of an earlier run beside its checkpoints untouched. Datasets: the synthetic
+``OUTPUT_DIR/config.yaml`` is written once the first training step has succeeded (the first
+prototype refresh and the first batch have read their images), or, with ``--eval-only``, once
+the evaluation has: a run that fails before that leaves the config.yaml of an earlier run
+beside its checkpoints untouched. The class count of the datasets is checked against the
+model's before anything is written. Datasets: the synthetic
 ``gkd_synth_*`` / ``gkd_shapes_*`` names and ``DATASETS.COCO_JSON`` entries are registered
 from the config.
 """
@@ -22,7 +25,7 @@ import os
 import sys
 
 import torch
-from detectron2.engine import default_argument_parser, launch
+from detectron2.engine import default_argument_parser
 from detectron2.evaluation import verify_results
 from detectron2.utils import comm
 from detectron2.utils.collect_env import collect_env_info
@@ -33,7 +36,8 @@ from detectron2.utils.logger import setup_logger
 from gkd_d2 import DistillationCheckpointer, DistillTrainer
 from gkd_d2.config import load_config
 from gkd_d2.data.builtin import register_datasets_from_cfg
-from gkd_d2.resume import TrainingInterrupted
+from gkd_d2.data.classes import check_dataset_classes
+from gkd_d2.resume import TrainingInterrupted, launch
 
 #: flags that argparse would swallow into the KEY VALUE list when given after it
 FLAGS_AFTER_OPTS = {"--resume": "resume", "--eval-only": "eval_only"}
@@ -85,7 +89,7 @@ def default_setup(cfg, args):
 
 def save_config(cfg):
     """Write ``OUTPUT_DIR/config.yaml`` (main process; through a temporary file renamed into
-    place, so it is never half-written). Called after a successful build."""
+    place, so it is never half-written). Called once the run has started successfully."""
     if not (comm.is_main_process() and cfg.OUTPUT_DIR):
         return
     path = os.path.join(cfg.OUTPUT_DIR, "config.yaml")
@@ -108,17 +112,24 @@ def setup(args):
 def main(args):
     cfg = setup(args)
     if args.eval_only:
+        if not cfg.DATASETS.TEST:
+            raise ValueError(
+                "--eval-only: DATASETS.TEST is empty, there is nothing to evaluate. Name the "
+                "evaluation datasets, e.g. DATASETS.TEST \"('my_val',)\" (a COCO json of your own: "
+                "DATASETS.COCO_JSON \"[['my_val', 'val.json', 'val_images/']]\" as well)."
+            )
+        check_dataset_classes(cfg, cfg.DATASETS.TEST)
         model = DistillTrainer.build_model(cfg)
         DistillationCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
             cfg.MODEL.WEIGHTS, resume=args.resume
         )
-        save_config(cfg)
         res = DistillTrainer.test(cfg, model)
+        save_config(cfg)
         verify_results(cfg, res)
         return res
     trainer = DistillTrainer(cfg)
     trainer.resume_or_load(resume=args.resume)
-    save_config(cfg)
+    trainer.after_first_step(lambda: save_config(cfg))
     try:
         return trainer.train()
     except TrainingInterrupted as stop:  # Ctrl-C / SIGTERM: checkpoint written, clean exit

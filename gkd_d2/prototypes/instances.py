@@ -11,10 +11,10 @@ from typing import Callable, Dict, List, Sequence
 
 import numpy as np
 import torch
-from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
 from detectron2.structures import BoxMode
 
+from ..data.images import read_image
 from ..pooling import pool_instances
 
 
@@ -43,6 +43,13 @@ def check_sampling(sampling: str) -> str:
     if sampling not in SAMPLINGS:
         raise ValueError(f"DISTILL.PGM.SAMPLING={sampling!r}: choose one of {', '.join(SAMPLINGS)}.")
     return sampling
+
+
+def class_counts(dataset_dicts: Sequence[dict], num_classes: int) -> np.ndarray:
+    """(num_classes,) int64: the non-crowd annotations of each class (contiguous ids) in
+    ``dataset_dicts``, whatever their size."""
+    ids = [a["category_id"] for d in dataset_dicts for a in d.get("annotations", ()) if not a.get("iscrowd", 0)]
+    return np.bincount(np.asarray(ids, dtype=np.int64), minlength=num_classes)[:num_classes]
 
 
 def _annotation_table(dataset_dicts: Sequence[dict], test_short_edge: int, test_max_size: int):
@@ -198,7 +205,7 @@ def load_test_inputs(records: Sequence[ImageInstances], image_format, short_edge
     resize = T.ResizeShortestEdge(short_edge, max_size)
     inputs, boxes = [], []
     for r in records:
-        image = utils.read_image(r.file_name, format=image_format)
+        image = read_image(r.file_name, format=image_format)
         tfm = resize.get_transform(image)
         image = tfm.apply_image(image)
         inputs.append(

@@ -21,20 +21,24 @@ from detectron2.engine import HookBase
 from detectron2.utils import comm
 
 from ..utils import eval_mode, unwrap_model
-from .instances import ImageInstances, extract_features_from_cfg, sample_instances_from_cfg
+from .instances import ImageInstances, class_counts, extract_features_from_cfg, sample_instances_from_cfg
 from .selection import check_selection, select_prototypes
 
 logger = logging.getLogger(__name__)
 
 
+def pgm_dataset_names(cfg) -> List[str]:
+    """The datasets PGM samples instances from: DISTILL.PGM.DATASETS, or DATASETS.TRAIN."""
+    return list(cfg.DISTILL.PGM.DATASETS) or list(cfg.DATASETS.TRAIN)
+
+
 def training_dicts(cfg) -> List[dict]:
-    names = list(cfg.DISTILL.PGM.DATASETS) or list(cfg.DATASETS.TRAIN)
-    return [d for name in names for d in DatasetCatalog.get(name)]
+    return [d for name in pgm_dataset_names(cfg) for d in DatasetCatalog.get(name)]
 
 
 def _class_names(cfg) -> List[str]:
     """``thing_classes`` of the first dataset PGM samples from, if its metadata has them."""
-    names = list(cfg.DISTILL.PGM.DATASETS) or list(cfg.DATASETS.TRAIN)
+    names = pgm_dataset_names(cfg)
     try:
         return list(MetadataCatalog.get(names[0]).get("thing_classes", None) or []) if names else []
     except Exception:  # metadata of an unusual dataset: the warning keeps the index alone
@@ -69,10 +73,11 @@ class PrototypeRefresher:
         self._records: Optional[List[ImageInstances]] = None
         self._meta = None  # (N, 4) long: class, image id, annotation index, box area (all processes)
         self._teacher_feats = None  # (L, N, D_T) gathered, cached
+        self._class_names = None  # thing_classes, read once the datasets are loaded
+        self._capped_logged = False
 
     def _prepare(self, model):
         """Sample (same on every process), take this process's share, cache teacher features."""
-        p = self.cfg.DISTILL.PGM
         records = sample_instances_from_cfg(self.cfg, self.dataset_dicts, model.num_classes)
         # Contiguous shares: gathering them in rank order restores the sampling order, so the
         # selection does not depend on the number of processes.
@@ -96,14 +101,63 @@ class PrototypeRefresher:
         self._teacher_feats = _gather_cat(
             extract_features_from_cfg(self.cfg, model, model.teacher_features, self._records)
         )
-        n_cls = np.bincount(self._meta[:, 0].numpy(), minlength=model.num_classes)
-        class_names = _class_names(self.cfg)
-        for c in np.flatnonzero(n_cls == 0):
-            who = f"'{class_names[c]}'" if c < len(class_names) else "it"
-            logger.warning(
-                "PGM: class %d has no instance of shorter side >= %s px: %s gets no prototype "
-                "(its robust weights are 1).", c, p.MIN_SIZE, who
-            )
+        self._warn_classes_without_instances(model.num_classes)
+
+    def _class_label(self, c: int) -> str:
+        """``'name'`` of class ``c`` from the dataset's ``thing_classes``, or ``it``."""
+        if self._class_names is None:
+            self._class_names = _class_names(self.cfg)
+        names = self._class_names
+        return f"'{names[c]}'" if c < len(names) else "it"
+
+    def _warn_classes_without_instances(self, num_classes: int):
+        """One warning per class without a sampled instance, telling a class absent from the
+        data from one whose instances are all smaller than ``DISTILL.PGM.MIN_SIZE``."""
+        sampled = np.bincount(self._meta[:, 0].numpy(), minlength=num_classes)
+        total = class_counts(self.dataset_dicts, num_classes)
+        where = f"the PGM datasets {pgm_dataset_names(self.cfg)} (DISTILL.PGM.DATASETS, or DATASETS.TRAIN)"
+        for c in np.flatnonzero(sampled == 0):
+            if total[c] == 0:
+                logger.warning(
+                    "PGM: class %d has no instance at all in %s: %s gets no prototype (its robust "
+                    "weights are 1).", c, where, self._class_label(c),
+                )
+            else:
+                logger.warning(
+                    "PGM: class %d has no instance of shorter side >= %s px (DISTILL.PGM.MIN_SIZE, at the "
+                    "test-time scale): all %d of its instances are smaller; %s gets no prototype (its "
+                    "robust weights are 1).", c, self.cfg.DISTILL.PGM.MIN_SIZE, total[c], self._class_label(c),
+                )
+
+    def capped_classes(self, bank) -> List[tuple]:
+        """``[(class, K min, K max, sampled instances), ...]`` of the classes with instances that
+        got fewer than ``DISTILL.PGM.NUM_PROTOTYPES`` prototypes at some level (K over levels)."""
+        k = bank.valid.sum(dim=2)  # (L, C)
+        sampled = np.bincount(self._meta[:, 0].numpy(), minlength=bank.num_classes)
+        return [
+            (c, int(k[:, c].min()), int(k[:, c].max()), int(sampled[c]))
+            for c in range(bank.num_classes)
+            if sampled[c] > 0 and int(k[:, c].min()) < self.num_prototypes
+        ]
+
+    def _log_capped(self, bank, iteration: int):
+        """One line listing each class whose K is below DISTILL.PGM.NUM_PROTOTYPES: a warning at
+        the first refresh, then at info level."""
+        capped = self.capped_classes(bank)
+        if not capped:
+            return
+        per_class = ", ".join(
+            f"class {c} {self._class_label(c)} K={lo if lo == hi else f'{lo}-{hi}'} of {n} instances"
+            for c, lo, hi, n in capped
+        )
+        logger.log(
+            logging.WARNING if not self._capped_logged else logging.INFO,
+            "PGM refresh at iter %d: DISTILL.PGM.NUM_PROTOTYPES=%d is capped for %d of %d classes (a class "
+            "gets at most its sampled instances that pass the density filter, DISTILL.PGM.QUANTILE=%s; "
+            "K per level): %s.",
+            iteration, self.num_prototypes, len(capped), bank.num_classes, self.quantile, per_class,
+        )
+        self._capped_logged = True
 
     @torch.no_grad()
     def refresh(self, model, iteration: int) -> dict:
@@ -125,6 +179,7 @@ class PrototypeRefresher:
                 selection = self._select(feats_s, model.prototypes.num_prototypes)
             selection = comm.all_gather(selection)[0]
             self._fill(model.prototypes, feats_s, selection, iteration)
+        self._log_capped(model.prototypes, iteration)
         stats = {
             "instances": int(self._meta.shape[0]),
             "prototypes": int(model.prototypes.valid.sum()),

@@ -9,8 +9,8 @@ import os
 from typing import Optional, Sequence
 
 import numpy as np
-from detectron2.data import detection_utils as utils
 
+from ..data.images import read_image
 from ..utils import unwrap_model
 from .analysis import (
     ImageRobustWeights,
@@ -183,7 +183,7 @@ def prototype_gallery(
 
     def image_of(image_id):
         if image_id not in images:
-            images[image_id] = utils.read_image(by_id[image_id]["file_name"], format="RGB")
+            images[image_id] = read_image(by_id[image_id]["file_name"], format="RGB")
         return images[image_id]
 
     # label fonts and line positions follow the cell size so three lines fit in a row
