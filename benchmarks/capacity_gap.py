@@ -26,7 +26,8 @@ many iterations as it was trained (the paper's 1:1; warm-up 5%, steps at 2/3 and
 default options and the knowledge terms of the row (``common.METHODS``; ``student-finetune``: no
 term, the fair control) for every ``--seeds`` seed: ``rows`` is a list of ``{method, seed, AP,
 AP50, ..., iters, train_s}``. Runs live under ``--out-dir/<detector>/``; a finished run (its
-``model_final.pth`` and ``result.json``, or its row in the results) is not run again.
+``model_final.pth`` and ``result.json``, or its row in the results) is not run again. ``--opts``
+overrides options of every run (teacher, student, rows), recorded as the detector's ``opts``.
 
 Results: ``benchmarks/results/capacity_gap.json``, ``{<detector>: {...}, image_size, flops_counter,
 machine, date}``; the FLOPs part rewrites the FLOPs fields and keeps the training fields.
@@ -41,6 +42,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import CAPACITY_CONFIGS, METHODS, METRICS, RESULTS, ROOT, load_cfg, machine, plateau_search, train_eval  # noqa: E402,E501
 
+from gkd_d2.data import register_datasets_from_cfg  # noqa: E402
 from gkd_d2.schedule import finetune_schedule, schedule  # noqa: E402
 
 OUTPUT = os.path.join(RESULTS, "capacity_gap.json")
@@ -220,12 +222,14 @@ def train_detector(detector, args):
     setup_logger()
     setup_logger(name="gkd_d2")
     teacher_yaml, student_yaml, _ = CAPACITY_CONFIGS[detector]
-    device_opts = ["MODEL.DEVICE", args.device, "DATALOADER.NUM_WORKERS", str(args.workers)]
+    device_opts = ["MODEL.DEVICE", args.device, "DATALOADER.NUM_WORKERS", str(args.workers), *args.opts]
     out_root = os.path.join(args.out_dir, detector)
+    register_datasets_from_cfg(load_cfg(teacher_yaml, device_opts))  # the data, generated once
     t_w, s_w, s_n, plateau, gap = equal_schedules(
         trainer(teacher_yaml, out_root, "teacher", device_opts), trainer(student_yaml, out_root, "student", device_opts),
         args.iters, args.plateau_tol, args.max_iters)
-    update(args.results, detector, {"equal_schedule_gap_ap": gap, "plateau": plateau}, args.device)
+    update(args.results, detector, {"equal_schedule_gap_ap": gap, "plateau": plateau, "opts": list(args.opts)},
+           args.device)
     print(detector, "equal-schedule gap", gap, "AP; plateau", plateau, flush=True)
     finetune_rows(detector, args, t_w, s_w, s_n, device_opts)
 
@@ -244,6 +248,8 @@ def main(argv=None):
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--rows", nargs="+", default=ROWS, choices=["student-finetune"] + list(METHODS))
     p.add_argument("--out-dir", default=os.path.join("output", "capacity"))
+    p.add_argument("--opts", nargs="*", default=[],
+                   help="KEY VALUE overrides of every training run (e.g. DATASETS.SHAPES.ROOT for another data folder)")
     args = p.parse_args(argv)
     if args.image_size < 32:
         p.error(f"--image-size {args.image_size}: the FPN's coarsest level needs at least 32 px")

@@ -247,6 +247,31 @@ def test_equal_schedules_extend_the_shorter_ladder():
     assert plateau["student_schedules"][-1] == [800, 22.3] and plateau["student_plateau_iters"] == 400
 
 
+@pytest.mark.slow
+def test_train_mode_fills_gap_plateau_and_rows(tmp_path, monkeypatch):
+    """``--train`` end to end on 8 images of 64 px and 8- / 16-iteration schedules (a minute)."""
+    monkeypatch.chdir(tmp_path)  # main() moves to the repository root; this puts it back after
+    results = str(tmp_path / "capacity_gap.json")
+    try:
+        capacity_gap.main([
+            "--train", "--detectors", "retinanet", "--iters", "8", "--max-iters", "16", "--seeds", "0",
+            "--rows", "student-finetune", "gkd", "--results", results, "--out-dir", str(tmp_path / "out"),
+            "--opts", "DATASETS.SHAPES.ROOT", str(tmp_path / "data"), "DATASETS.SHAPES.NUM_TRAIN", "8",
+            "DATASETS.SHAPES.NUM_VAL", "4", "DATASETS.SHAPES.IMAGE_SIZE", "64", "SOLVER.IMS_PER_BATCH", "2"])
+    finally:
+        for name in ("gkd_shapes_train", "gkd_shapes_val"):
+            if name in DatasetCatalog.list():
+                DatasetCatalog.remove(name)
+                MetadataCatalog.remove(name)
+    d = json.load(open(results))["retinanet"]
+    p = d["plateau"]
+    assert p["equal_schedule_iters"] == 16 and [n for n, _ in p["teacher_schedules"]] == [8, 16]
+    assert [n for n, _ in p["student_schedules"]] == [8, 16]
+    assert d["equal_schedule_gap_ap"] == pytest.approx(p["teacher_schedules"][-1][1] - p["student_schedules"][-1][1], abs=0.01)
+    assert sorted((r["method"], r["seed"], r["iters"]) for r in d["rows"]) == [("gkd", 0, 16), ("student-finetune", 0, 16)]
+    assert d["flops_ratio"] <= 0.25 and os.path.isfile(tmp_path / "out" / "retinanet" / "teacher_it16" / "model_final.pth")
+
+
 # ---------------------------------------------------------------------------------------------
 # distillation with the pair
 # ---------------------------------------------------------------------------------------------
