@@ -207,7 +207,7 @@ def test_bad_difficulty_option_names_it(key, value, match, tmp_path):
 def test_registration_generates_with_the_configs_options(tmp_path):
     names = ("gkd_shapes_train", "gkd_shapes_val")
     for name in names:
-        if name in DatasetCatalog.list():  # registered by another test of this session
+        if name in DatasetCatalog.list():  # registered by another test
             DatasetCatalog.remove(name)
             MetadataCatalog.remove(name)
     cfg = capacity_cfg(CAPACITY_CONFIGS["faster_rcnn"][0], [
