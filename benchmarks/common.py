@@ -1,6 +1,7 @@
 """What the benchmark scripts share: where results go and on what machine they were measured,
 config loading, the configurations timed, a random training batch, the rows of the quality
-replica, training + evaluation of one row, and the locked update of a results file.
+replica, training + evaluation of one row, the plateau search over doubled schedules, and the
+locked update of a results file.
 
 Every script in ``benchmarks/`` (and ``benchmarks/investigations/``) imports this module and no
 other script."""
@@ -37,6 +38,13 @@ COCO = {
     "retinanet": ("COCO-Detection/retinanet_R_101_FPN_3x.yaml", "COCO-Detection/retinanet_R_50_FPN_3x.yaml",
                   "configs/COCO/gkd_retinanet_R101_to_R50_FPN_2x.yaml"),
 }
+#: the capacity pair per detector: (teacher, student alone, distillation) configs, the demo's ResNet-34
+#: FPN-128 teacher and a half-width ResNet-18 FPN-64 student on the harder shapes data
+CAPACITY_CONFIGS = {
+    det: (f"configs/Capacity/teacher_{det}_R34_FPN.yaml", f"configs/Capacity/student_{det}_R18w32_FPN.yaml",
+          f"configs/Capacity/gkd_{det}_R34_to_R18w32_FPN.yaml")
+    for det in ("faster_rcnn", "retinanet")
+}
 #: scale -> (configs, GT boxes per image as (count, first class), image size, description)
 SCALES = {
     "demo": (DEMO_CONFIGS, ((6, 0), (4, 1), (5, 2), (3, 0)), 160,
@@ -70,8 +78,8 @@ METHODS = {
     "kd+prototypes": (["kd"], True, "pgm"),
 }
 
-__all__ = ["COCO", "DATA_SIZES", "DEMO_CONFIGS", "INVESTIGATION_RESULTS", "METHODS", "METRICS", "RESULTS", "ROOT", "SCALES", "data_opts",
-           "fill_prototypes", "load_cfg", "load_results", "mean_spread", "machine", "random_batch", "save", "sync", "table_head", "tame_frozen_bn", "train_eval",
+__all__ = ["CAPACITY_CONFIGS", "COCO", "DATA_SIZES", "DEMO_CONFIGS", "INVESTIGATION_RESULTS", "METHODS", "METRICS", "RESULTS", "ROOT", "SCALES", "data_opts",
+           "fill_prototypes", "load_cfg", "load_results", "mean_spread", "machine", "plateau_search", "random_batch", "save", "sync", "table_head", "tame_frozen_bn", "train_eval",
            "zoo_or_project_cfg"]
 
 
@@ -193,6 +201,24 @@ def train_eval(cfg):
     seconds = time.perf_counter() - start
     bbox = DistillTrainer.test(cfg, unwrap_model(trainer.model))["bbox"]
     return {k: float(bbox[k]) for k in METRICS}, seconds
+
+
+def plateau_search(train, iters, tol, max_iters):
+    """Double a schedule until doubling it no longer pays: ``train(n)`` trains from scratch for n
+    iterations and returns (weights, AP); the search stops at the first n whose AP is within TOL
+    of the AP at n / 2 (a plateau: two checkpoints < 0.3 AP apart), or when 2n would
+    exceed MAX_ITERS. Returns (weights, iters, schedules, reached): the longest schedule trained,
+    [[n, AP], ...] of every schedule, and whether the plateau was reached (None for TOL <= 0: one
+    schedule, no check)."""
+    weights, ap = train(iters)
+    schedules = [[iters, ap]]
+    while tol > 0 and 2 * iters <= max_iters:
+        iters *= 2
+        weights, ap = train(iters)
+        schedules.append([iters, ap])
+        if abs(ap - schedules[-2][1]) < tol:
+            return weights, iters, schedules, True
+    return weights, iters, schedules, (False if tol > 0 else None)
 
 
 def save(record, path, key_fields=("detector", "method", "seed", "device")):

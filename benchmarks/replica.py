@@ -38,7 +38,8 @@ from detectron2.utils.logger import setup_logger
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import (  # noqa: E402
-    DATA_SIZES, DEMO_CONFIGS, METHODS, METRICS, RESULTS, data_opts, load_cfg, machine, save, train_eval,
+    DATA_SIZES, DEMO_CONFIGS, METHODS, METRICS, RESULTS, data_opts, load_cfg, machine, plateau_search, save,
+    train_eval,
 )
 
 from gkd_d2.data.builtin import register_datasets_from_cfg  # noqa: E402
@@ -90,24 +91,6 @@ def pretrain(name, yaml, opts, iters, args, base, path, out=None):
         record = old[-1] if old else {**record, "curve": eval_curve(out, iters)}
         record.setdefault("AP", record["curve"][-1][1] if record.get("curve") else float("nan"))
     return weights, record
-
-
-def plateau_search(train, iters, tol, max_iters):
-    """Double a schedule until doubling it no longer pays: ``train(n)`` trains from scratch for n
-    iterations and returns (weights, AP); the search stops at the first n whose AP is within TOL
-    of the AP at n / 2 (a plateau: two checkpoints < 0.3 AP apart), or when 2n would
-    exceed MAX_ITERS. Returns (weights, iters, schedules, reached): the longest schedule trained,
-    [[n, AP], ...] of every schedule, and whether the plateau was reached (None for TOL <= 0: one
-    schedule, no check)."""
-    weights, ap = train(iters)
-    schedules = [[iters, ap]]
-    while tol > 0 and 2 * iters <= max_iters:
-        iters *= 2
-        weights, ap = train(iters)
-        schedules.append([iters, ap])
-        if abs(ap - schedules[-2][1]) < tol:
-            return weights, iters, schedules, True
-    return weights, iters, schedules, (False if tol > 0 else None)
 
 
 def pretrain_to_plateau(name, yaml, opts, first, args, base, path):

@@ -245,6 +245,23 @@ def add_dataset_config(cfg):
     #   COCO_JSON: [["my_train", "data/train.json", "data/train/"], ["my_val", "data/val.json", "data/val/"]]
     # then DATASETS.TRAIN: ("my_train",). Relative paths are relative to the working directory.
     cfg.DATASETS.COCO_JSON = []
+    add_shapes_difficulty_config(cfg)
+
+
+def add_shapes_difficulty_config(cfg):
+    """``DATASETS.SHAPES``'s difficulty: the arguments of the "shapes" generator
+    (gkd_d2/data/generated/shapes.py, ``generate_shapes_coco``; mapping and checks:
+    gkd_d2/data/generated/shapes_options.py). The defaults are the generator's: the demo's data."""
+    s = cfg.DATASETS.SHAPES
+    s.MIN_OBJECTS = 1  # objects attempted per image, uniform in MIN_OBJECTS..MAX_OBJECTS
+    s.MAX_OBJECTS = 4
+    s.AMBIGUOUS_PROB = 0.25  # an object made small, blurred, occluded or truncated
+    s.MIN_SIZE = 6.0  # diameter range (px) of the small objects
+    s.SMALL_MAX = 12.0
+    s.MIN_CLEAR = 28.0  # diameter range of the others: MIN_CLEAR .. MAX_SIZE_FRAC * image side
+    s.MAX_SIZE_FRAC = 0.5
+    s.LOOKALIKE_PROB = 0.0  # an object's class drawn among the look-alike pairs' four
+    s.LOOKALIKE_DETAIL = 1.0  # scale (0, 1] of the detail telling a pair apart (hole, notch)
 
 
 def load_config(config_file: str, opts=()) -> CN:

@@ -3,6 +3,7 @@
 import os
 
 from .shapes import SHAPES_CLASSES, register_shapes_dataset
+from .shapes_options import shapes_generator_kwargs
 from .synthetic import SYNTHETIC_CLASSES, register_synthetic_dataset
 
 #: dataset name -> (config key of its size, seed offset, sub-folder)
@@ -56,4 +57,5 @@ def register_generated_from_cfg(cfg):
                     num_images=int(s[size_key]),
                     image_size=int(s.IMAGE_SIZE),
                     seed=int(s.SEED) + seed_offset,
+                    **shapes_generator_kwargs(s),
                 )

@@ -33,7 +33,8 @@ after 1200 iterations, its own classification of clear GT boxes at chance. Shape
 near upright as most real objects are: in a quick check (a 4-layer CNN on 40 px crops of clear
 instances, 600 steps of 32) any rotation gave 67% accuracy, +-45 degrees 91%, +-15 degrees 99%.
 
-Each image: ``min_objects..max_objects`` objects (1-4), classes uniform. Each object is
+Each image: ``min_objects..max_objects`` objects (1-4), classes uniform (or, with
+``lookalike_prob``, drawn that often among the look-alike pairs' classes). Each object is
 *clear* with probability ``1 - ambiguous_prob``; otherwise one reason is drawn uniformly:
 
 - ``small``: diameter log-uniform in ``[min_size, small_max]`` px;
@@ -100,6 +101,7 @@ _OCCLUDED_BELOW = 0.75  # visible fraction under which an instance counts as occ
 _TRUNCATED_BELOW = 0.8  # share inside the image under which it counts as truncated
 _EXTENT = 1.45  # half-width of an object's window, in radii (deformation included)
 _LOOKALIKE = {a: b for pair in SHAPES_LOOKALIKE_PAIRS for a, b in (pair, pair[::-1])}
+_LOOKALIKE_IDS = [SHAPES_CLASSES.index(n) for pair in SHAPES_LOOKALIKE_PAIRS for n in pair]
 _ROTATION = np.radians(15.0)  # largest tilt of a shape (radians) from its upright pose
 _ASPECT = (0.8, 1.25)  # aspect-ratio range of the affine deformation
 _SHEAR = 0.12  # largest shear of the affine deformation
@@ -174,6 +176,8 @@ def _layout(rng, h, w, p):
     objects, occluders, placed = [], [], []
     for _ in range(int(rng.integers(p["min_objects"], p["max_objects"] + 1))):
         cls = int(rng.integers(n_cls))
+        if p["lookalike_prob"] > 0 and rng.random() < p["lookalike_prob"]:  # no draw at the default 0
+            cls = _LOOKALIKE_IDS[int(rng.integers(len(_LOOKALIKE_IDS)))]
         reason = AMBIGUITY_REASONS[int(rng.integers(4))] if rng.random() < p["ambiguous_prob"] else ""
         lo_size = float(p["min_size"]) if reason == "small" else float(p["min_clear"])
         size = _log_uniform(rng, lo_size, float(p["small_max"]) if reason == "small" else big)
@@ -234,7 +238,8 @@ def _render_image(rng, h, w, p):
         name = SHAPES_CLASSES[o["cls"]]
         u, v = _deformed_coords(rng, o, x0, y0, x1, y1)
         cells = (y1 - y0, SS, x1 - x0, SS)
-        alpha = shape_mask(name, u, v, **shape_params(rng, name)).reshape(cells).mean(axis=(1, 3))
+        q = shape_params(rng, name, p["lookalike_detail"])
+        alpha = shape_mask(name, u, v, **q).reshape(cells).mean(axis=(1, 3))
         mask = alpha >= 0.5
         at, crop = overlap(x0, y0, x1, y1, h, w)
         total, inside = int(mask.sum()), int(mask[crop].sum())
@@ -300,6 +305,8 @@ def generate_shapes_coco(
     min_inside=0.35,
     min_contrast=100.0,
     noise=3.0,
+    lookalike_prob=0.0,
+    lookalike_detail=1.0,
 ):
     """Write the PNGs ``out_dir/images/{image_id:06d}.png`` (ids ``1..num_images``) and
     ``out_dir/annotations.json``; ``out_dir`` is created, same-named files are overwritten.
@@ -321,6 +328,10 @@ def generate_shapes_coco(
         min_contrast: preferred minimal RGB distance between an object's colour and the
             background under it.
         noise: largest standard deviation of the per-image pixel noise.
+        lookalike_prob: probability that an object's class is drawn among the look-alike
+            pairs' four classes (otherwise among all ten, uniformly).
+        lookalike_detail: scale, in (0, 1], of the detail that tells a look-alike pair apart
+            (the ring's hole radius, the notch's side).
 
     Returns:
         The path of the json file.
@@ -330,10 +341,12 @@ def generate_shapes_coco(
         min_size=float(min_size),
         small_max=float(small_max), min_clear=float(min_clear), max_size_frac=float(max_size_frac),
         min_visible=float(min_visible), min_inside=float(min_inside), min_contrast=float(min_contrast),
-        noise=float(noise),
+        noise=float(noise), lookalike_prob=float(lookalike_prob), lookalike_detail=float(lookalike_detail),
     )
     if not 1 <= params["min_objects"] <= params["max_objects"] or not 0 < min_size <= small_max < min_clear:
         raise ValueError("need 1 <= min_objects <= max_objects and 0 < min_size <= small_max < min_clear")
+    if not 0 <= lookalike_prob <= 1 or not 0 < lookalike_detail <= 1:
+        raise ValueError("need 0 <= lookalike_prob <= 1 and 0 < lookalike_detail <= 1")
     categories = [
         dict(id=i + 1, name=n, supercategory="shape", lookalike=_LOOKALIKE.get(n, ""))
         for i, n in enumerate(SHAPES_CLASSES)

@@ -3,12 +3,13 @@ class at unit coordinates, and the per-instance proportions that vary within a c
 import numpy as np
 
 
-def shape_params(rng, name):
-    """The class's own proportions (stroke widths, detail sizes), drawn per instance."""
+def shape_params(rng, name, detail=1.0):
+    """The class's own proportions (stroke widths, detail sizes), drawn per instance; ``detail``
+    scales the look-alike details (the ring's hole, the square's notch)."""
     u = rng.uniform
     return {
-        "ring": {"hole": u(0.38, 0.52)},
-        "notched_square": {"notch": u(0.45, 0.6)},
+        "ring": {"hole": u(0.38, 0.52) * detail},
+        "notched_square": {"notch": u(0.45, 0.6) * detail},
         "cross": {"arm": u(0.2, 0.32)},
         "star": {"inner": u(0.4, 0.55), "points": 5},
         "crescent": {"offset": u(0.4, 0.6), "bite": u(0.75, 0.9)},
