@@ -29,6 +29,7 @@ from torch import nn
 
 from .config import add_distill_config
 from .config_files import resolve_config_file
+from .data.classes import dataset_classes
 from .teacher import is_lazy_config
 from .validation import _plain, distill_root
 
@@ -71,6 +72,41 @@ def dataset_names(loader_cfg):
     except Exception:  # a dataset built otherwise: nothing to register or sample by name
         return ()
     return (names,) if isinstance(names, str) else tuple(names)
+
+
+def model_num_classes(model):
+    """The number of classes a Detectron2 detector predicts (``roi_heads.num_classes`` of an
+    R-CNN, ``num_classes`` of a dense detector), or None."""
+    for part in (getattr(model, "roi_heads", None), model):
+        n = getattr(part, "num_classes", None)
+        if n is not None:
+            return int(n)
+    return None
+
+
+def check_lazy_dataset_classes(lazy, student):
+    """Raise ``ValueError`` when a dataset of ``dataloader.train`` / ``dataloader.test`` has
+    another number of classes than the built ``student`` (the model build has checked that the
+    teacher agrees with it), naming the dataset, both numbers and what to change; the run has
+    written nothing yet."""
+    n_model = model_num_classes(student)
+    if n_model is None:
+        return
+    for split in ("train", "test"):
+        if split not in lazy.dataloader:
+            continue
+        for name in dataset_names(lazy.dataloader[split]):
+            n_data, classes = dataset_classes(name)
+            if (n_data == n_model) if classes is not None else (n_data <= n_model):
+                continue
+            what = f"{n_data} classes {classes}" if classes is not None else f"category ids up to {n_data - 1}"
+            raise ValueError(
+                f"Dataset '{name}' (dataloader.{split}.dataset.names) has {what}, but the student and "
+                f"the teacher predict {n_model}: set the student's num_classes to {n_data} (e.g. "
+                f"model.student.roi_heads.num_classes={n_data}, or model.student.num_classes for a dense "
+                "detector) and use a teacher trained on these classes. No checkpoint or config.yaml "
+                "was written."
+            )
 
 
 def _test_size(lazy):

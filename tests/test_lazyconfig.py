@@ -172,3 +172,30 @@ def test_lazy_train_refresh_resume_and_export(demo_teacher, tmp_path, monkeypatc
         a, b = student(images)[0]["instances"], distilled(images)[0]["instances"]
     assert torch.equal(a.pred_boxes.tensor, b.pred_boxes.tensor) and torch.equal(a.scores, b.scores)
     assert incompatible is not None
+
+
+def test_lazy_dataset_class_count_is_checked_against_the_student():
+    """The LazyConfig path checks the datasets' class counts against the built student
+    before anything is written, naming the dataset, both numbers and the option."""
+    from types import SimpleNamespace
+
+    from detectron2.data import DatasetCatalog, MetadataCatalog
+    from omegaconf import OmegaConf
+
+    from gkd_d2.lazy import check_lazy_dataset_classes
+
+    for name, classes in (("lazy_cls_three", ["a", "b", "c"]), ("lazy_cls_two", ["a", "b"])):
+        if name not in DatasetCatalog.list():
+            DatasetCatalog.register(name, lambda: [])
+        MetadataCatalog.get(name).set(thing_classes=classes)
+    student = SimpleNamespace(roi_heads=SimpleNamespace(num_classes=3))
+    lazy = OmegaConf.create({"dataloader": {"train": {"dataset": {"names": "lazy_cls_three"}},
+                                            "test": {"dataset": {"names": ["lazy_cls_two"]}}}})
+    with pytest.raises(ValueError, match=r"'lazy_cls_two' \(dataloader.test.dataset.names\) has 2 classes "
+                                         r"\['a', 'b'\], but the student and the teacher predict 3"):
+        check_lazy_dataset_classes(lazy, student)
+    lazy.dataloader.test.dataset.names = ["lazy_cls_three"]
+    check_lazy_dataset_classes(lazy, student)  # equal counts pass
+    dense = SimpleNamespace(num_classes=2)
+    with pytest.raises(ValueError, match="num_classes to 3"):
+        check_lazy_dataset_classes(lazy, dense)

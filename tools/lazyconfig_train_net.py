@@ -13,8 +13,10 @@ The config has Detectron2's ``model``, ``dataloader``, ``optimizer``, ``lr_multi
 ``train`` entries, and gkd_d2's ``distill`` (the yaml ``DISTILL`` options) and optional
 ``datasets`` (:mod:`gkd_d2.lazy`). Ctrl-C (or SIGTERM) finishes the current iteration, saves a
 checkpoint and exits with status 130; the same command with ``--resume`` continues. The
-``train.output_dir/config.yaml`` is written once the run is built (a run that fails to start
-leaves an earlier one untouched).
+``train.output_dir/config.yaml`` is written after the first step, once the first prototype
+refresh has read its images (a run that fails to start leaves an earlier one untouched). The
+datasets' class counts are checked against the student before anything is written, and a
+knowledge loss more than 10x the detection losses in the first steps is warned about once.
 """
 import logging
 import os
@@ -22,7 +24,7 @@ import sys
 
 import torch
 from detectron2.config import LazyConfig, instantiate
-from detectron2.engine import AMPTrainer, SimpleTrainer, default_argument_parser, default_writers, hooks, launch
+from detectron2.engine import AMPTrainer, SimpleTrainer, default_argument_parser, default_writers, hooks
 from detectron2.evaluation import inference_on_dataset, print_csv_format
 from detectron2.utils import comm
 from detectron2.utils.env import seed_all_rng
@@ -32,9 +34,11 @@ from detectron2.utils.registry import locate
 from gkd_d2.amp import CPUAMPTrainer
 from gkd_d2.checkpoint import DistillationCheckpointer
 from gkd_d2.data.builtin import register_datasets_from_cfg
-from gkd_d2.engine import create_ddp_model, prototype_hooks
-from gkd_d2.lazy import distill_view
-from gkd_d2.resume import GracefulInterruptHook, ResumableTrainingSampler, RNGState, TrainingInterrupted
+from gkd_d2.engine import FirstStepHook, create_ddp_model, prototype_hooks
+from gkd_d2.lazy import check_lazy_dataset_classes, distill_view
+from gkd_d2.loss_scale import LossScaleHook
+from gkd_d2.resume import GracefulInterruptHook, ResumableTrainingSampler, RNGState, TrainingInterrupted, launch
+from gkd_d2.utils import unwrap_model
 
 logger = logging.getLogger("detectron2")
 
@@ -66,6 +70,7 @@ def build_train_loader(cfg):
 def do_train(args, cfg, view, staged=None):
     """Detectron2's lazy training loop with gkd_d2's hooks; ``view``: :func:`distill_view`."""
     model = instantiate(cfg.model)
+    check_lazy_dataset_classes(cfg, model.student)
     logger.info("Model:\n{}".format(model))
     model.to(cfg.train.device)
     cfg.optimizer.params.model = model
@@ -82,6 +87,7 @@ def do_train(args, cfg, view, staged=None):
     trainer.checkpointer = checkpointer  # GracefulInterruptHook saves with it
     trainer.register_hooks(
         [
+            FirstStepHook(lambda: save_config(cfg, staged)),  # config.yaml once a step has run
             hooks.IterationTimer(),
             hooks.LRScheduler(scheduler=instantiate(cfg.lr_multiplier)),
             *prototype_hooks(view, model),
@@ -90,6 +96,7 @@ def do_train(args, cfg, view, staged=None):
             hooks.PeriodicWriter(default_writers(cfg.train.output_dir, cfg.train.max_iter), period=cfg.train.log_period)
             if comm.is_main_process()
             else None,
+            LossScaleHook() if len(unwrap_model(model).knowledge) else None,
             GracefulInterruptHook(),
         ]
     )
@@ -98,7 +105,6 @@ def do_train(args, cfg, view, staged=None):
     start_iter = trainer.iter + 1 if args.resume and checkpointer.has_checkpoint() else 0
     if sampler is not None:
         sampler.start = start_iter * (int(cfg.dataloader.train.total_batch_size) // comm.get_world_size())
-    save_config(cfg, staged)
     trainer.train(start_iter, cfg.train.max_iter)
     return trainer
 
@@ -142,6 +148,7 @@ def main(args):
     try:
         if args.eval_only:
             model = instantiate(cfg.model)
+            check_lazy_dataset_classes(cfg, model.student)
             model.to(cfg.train.device)
             model = create_ddp_model(model)
             DistillationCheckpointer(model).load(cfg.train.init_checkpoint)

@@ -137,7 +137,7 @@ class PrototypeRefresher:
         return [
             (c, int(k[:, c].min()), int(k[:, c].max()), int(sampled[c]))
             for c in range(bank.num_classes)
-            if sampled[c] > 0 and int(k[:, c].min()) < self.num_prototypes
+            if sampled[c] > 0 and int(k[:, c].min()) < bank.num_prototypes
         ]
 
     def _log_capped(self, bank, iteration: int):
@@ -155,7 +155,7 @@ class PrototypeRefresher:
             "PGM refresh at iter %d: DISTILL.PGM.NUM_PROTOTYPES=%d is capped for %d of %d classes (a class "
             "gets at most its sampled instances that pass the density filter, DISTILL.PGM.QUANTILE=%s; "
             "K per level): %s.",
-            iteration, self.num_prototypes, len(capped), bank.num_classes, self.quantile, per_class,
+            iteration, bank.num_prototypes, len(capped), bank.num_classes, self.quantile, per_class,
         )
         self._capped_logged = True
 
