@@ -3,9 +3,12 @@ import os
 import shutil
 import subprocess
 
+import pytest
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+@pytest.mark.slow
 def test_bootstrap_refuses_when_disk_is_short(tmp_path):
     (tmp_path / "tools").mkdir()
     shutil.copy(os.path.join(REPO, "tools", "bootstrap.sh"), tmp_path / "tools" / "bootstrap.sh")

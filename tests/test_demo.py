@@ -43,6 +43,7 @@ def test_demo_runs_the_four_stages_with_a_control_that_needs_no_teacher(tmp_path
     assert table["student + global knowledge"]["params_M"] == table["trained student"]["params_M"]
 
 
+@pytest.mark.slow
 def test_demo_rejects_a_schedule_too_short_by_name(tmp_path):
     r = run_demo(tmp_path, "--finetune-iters", "4")
     assert r.returncode == 2 and "every schedule needs at least 10 iterations (got {'finetune_iters': 4})" in r.stderr

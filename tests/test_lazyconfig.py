@@ -130,8 +130,21 @@ def run_lazy(out, data, teacher, *extra, resume=False):
     lazyconfig_train_net.invoke_main(argv)
 
 
+@pytest.fixture
+def own_dataset_names():
+    """Unregister the datasets a test registers in this process (the lazy script registers
+    the generated data in-process; other tests register the same names with other files)."""
+    from detectron2.data import DatasetCatalog, MetadataCatalog
+
+    before = set(DatasetCatalog.list())
+    yield
+    for name in set(DatasetCatalog.list()) - before:
+        DatasetCatalog.remove(name)
+        MetadataCatalog.remove(name)
+
+
 @pytest.mark.slow
-def test_lazy_train_refresh_resume_and_export(demo_teacher, tmp_path, monkeypatch):
+def test_lazy_train_refresh_resume_and_export(demo_teacher, tmp_path, monkeypatch, own_dataset_names):
     monkeypatch.syspath_prepend(os.path.join(ROOT, "tools"))
     data, full, part = tmp_path / "data", tmp_path / "full", tmp_path / "part"
     run_lazy(full, data, demo_teacher)

@@ -155,6 +155,7 @@ def launched(tmp_path, mode):
     )
 
 
+@pytest.mark.slow
 def test_launch_exits_130_when_the_workers_are_interrupted(tmp_path):
     proc = launched(tmp_path, "interrupt")
     assert proc.returncode == 130, proc.stderr[-3000:]

@@ -172,6 +172,7 @@ def test_resume_and_eval_only_after_key_value_pairs():
         train_net.parse_args(["--config-file", "c.yaml", "A", "1", "--num-gpus", "2"])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("damage", ["truncated", "corrupt"])
 def test_failed_build_keeps_config_yaml_and_names_the_json(coco_json_files, tmp_path, damage):
     """A truncated json fails at registration, one corrupt in the middle when the trainer builds
