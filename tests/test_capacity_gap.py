@@ -97,6 +97,7 @@ def test_narrow_resnet_bad_option_names_it(key, value, match):
 # the pair's FLOPs and levels
 # ---------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("detector", sorted(CAPACITY_CONFIGS))
+@pytest.mark.slow
 def test_student_costs_at_most_a_quarter_of_the_teacher(detector):
     teacher_yaml, student_yaml, _ = CAPACITY_CONFIGS[detector]
     t, s = (capacity_gap.model_flops(capacity_cfg(p), 64) for p in (teacher_yaml, student_yaml))
@@ -105,6 +106,7 @@ def test_student_costs_at_most_a_quarter_of_the_teacher(detector):
     assert sum(t["components_gflops"].values()) == pytest.approx(t["gflops"], rel=1e-3)
 
 
+@pytest.mark.slow
 def test_flops_count_does_not_depend_on_the_random_weights():
     """Faster R-CNN's box head always sees POST_NMS_TOPK_TEST proposals (a randomly initialised
     ResNet-34 teacher's own RPN keeps only a few): its count is the layers' multiply-adds."""
@@ -159,6 +161,7 @@ def hard_and_default(tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_harder_data_has_more_and_smaller_objects_within_the_bounds(hard_and_default):
     kw, counts, anns = hard_and_default["hard"]
     _, default_counts, default_anns = hard_and_default["default"]
@@ -277,6 +280,7 @@ def test_train_mode_fills_gap_plateau_and_rows(tmp_path, monkeypatch):
 # distillation with the pair
 # ---------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("detector", sorted(CAPACITY_CONFIGS))
+@pytest.mark.slow
 def test_distillation_with_the_pair_gives_finite_losses(detector, tmp_path):
     teacher_yaml, _, gkd_yaml = CAPACITY_CONFIGS[detector]
     torch.manual_seed(0)

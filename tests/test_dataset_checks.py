@@ -40,6 +40,7 @@ def register(name, classes=None, category_ids=()):
 
 
 # --------------------------------------------------------------------------- the class count
+@pytest.mark.slow
 def test_class_count_checked_before_anything_is_written(ids_3_7_42, tmp_path):
     """NUM_CLASSES left at 10 (student and teacher) on a dataset of category ids 3, 7, 42: an
     error naming both numbers and the options, and the earlier run in OUTPUT_DIR untouched."""

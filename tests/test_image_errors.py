@@ -73,6 +73,7 @@ def test_loader_worker_error_names_the_file(dataset, tmp_path):
         list(loader)
 
 
+@pytest.mark.slow
 def test_prototype_refresh_names_the_file(dataset, rcnn_teacher, tmp_path):
     cfg = distill_cfg(rcnn_teacher)
     dicts, path = damaged(dataset, tmp_path, "truncated")

@@ -177,6 +177,7 @@ def test_bad_zoo_options_name_the_option(rcnn_teacher):
         build_model(cfg)
 
 
+@pytest.mark.slow
 def test_cascade_teacher_teaches_faster_rcnn_student(tmp_path):
     cfg = tiny_cfg("GeneralizedRCNN", fpn_channels=32)
     cfg.MODEL.ROI_HEADS.NAME = "CascadeROIHeads"

@@ -67,6 +67,7 @@ def test_lazy_model_is_the_yaml_model_and_gives_the_same_losses(demo_teacher):
     assert losses["yaml"]["loss_kd_global"] > 0
 
 
+@pytest.mark.slow
 def test_distill_options_reach_the_model_and_the_hooks(demo_teacher):
     lazy = lazy_config(
         f"model.teacher_weights={demo_teacher}",

@@ -30,6 +30,7 @@ def trained(cfg, seed=0):
     return model
 
 
+@pytest.mark.slow
 def test_demo_checkpoint_is_the_size_of_the_student(tmp_path):
     yaml = os.path.join(ROOT, "configs/Demo/gkd_faster_rcnn_R34_to_R18_FPN.yaml")
     cfg = load_config(yaml, ["MODEL.WEIGHTS", ""])
@@ -53,6 +54,7 @@ def test_demo_checkpoint_is_the_size_of_the_student(tmp_path):
     assert record["sha256"] == hashlib.sha256((tmp_path / "teacher.pth").read_bytes()).hexdigest()
 
 
+@pytest.mark.slow
 def test_round_trip_gives_the_same_losses_and_old_checkpoints_load(rcnn_teacher, tmp_path):
     cfg = distill_cfg(rcnn_teacher)
     model = trained(cfg)

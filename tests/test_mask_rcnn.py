@@ -102,6 +102,7 @@ def test_mask_student_trains_its_mask_loss_with_distillation(teachers):
     assert sum(mask_losses[-5:]) / 5 < 0.85 * mask_losses[0], mask_losses
 
 
+@pytest.mark.slow
 def test_mask_heads_change_nothing_for_box_distillation(teachers):
     """Mask R-CNN student + Mask R-CNN teacher vs Faster R-CNN student + Faster R-CNN teacher,
     all shared weights equal: every loss but loss_mask is the same (the teacher's box head
@@ -127,6 +128,7 @@ def test_mask_heads_change_nothing_for_box_distillation(teachers):
     assert boxes_only["loss_kd_response"] > 0 and boxes_only["loss_kd_global"] > 0
 
 
+@pytest.mark.slow
 def test_export_keeps_the_mask_head(teachers, tmp_path):
     cfg = mask_student_cfg(teachers["mask"])
     cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = 0.0  # an untrained student still detects something

@@ -123,6 +123,7 @@ def test_batch_without_gt_boxes(arch, request):
 
 
 @pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.slow
 def test_teacher_equal_to_trained_student_with_batchnorm_in_training_mode(arch, tmp_path):
     """The configs users run: a BatchNorm student (not FrozenBN) in training mode, prototypes
     pooled in eval mode. With DISTILL.FREEZE_STUDENT_BN (the default) the student is the same
@@ -148,6 +149,7 @@ def test_teacher_equal_to_trained_student_with_batchnorm_in_training_mode(arch, 
 
 
 @pytest.mark.parametrize("arch", ["GeneralizedRCNN", "RetinaNet"])
+@pytest.mark.slow
 def test_flattened_instance_pooling(arch, tmp_path):
     """DISTILL.INSTANCE_POOLING "flatten": instance vectors are the 7x7 grids (49 D), whose
     average over the grid is the default "mean" vector; the bank holds 49 D-wide prototypes;
@@ -195,12 +197,14 @@ def test_missing_teacher_config_file(rcnn_teacher, tmp_path):
         build_model(cfg)
 
 
+@pytest.mark.slow
 def test_teacher_with_other_number_of_classes(tmp_path):
     teacher = make_teacher(tmp_path, "GeneralizedRCNN", num_classes=NUM_CLASSES + 2)
     with pytest.raises(ValueError, match="teacher predicts 5 classes but the student 3"):
         build_model(distill_cfg(teacher))
 
 
+@pytest.mark.slow
 def test_teacher_weights_of_other_number_of_classes(tmp_path, rcnn_teacher):
     # Config says 3 classes, checkpoint has 5: Detectron2 alone would skip those tensors.
     other = make_teacher(tmp_path, "GeneralizedRCNN", num_classes=NUM_CLASSES + 2)

@@ -133,6 +133,7 @@ def test_compact_sampling_reads_fewer_images_with_the_same_counts():
         sample_instances(_dicts(images), sampling="fewest", **kw)
 
 
+@pytest.mark.slow
 def test_hook_schedule_cache_and_modes(synth, synth_teacher, tmp_path, monkeypatch):
     cfg = refresh_cfg(synth_teacher, synth, tmp_path, SOLVER__MAX_ITER="7", DISTILL__PGM__PERIOD="3")
     trainer = DistillTrainer(cfg)
@@ -181,6 +182,7 @@ def test_hook_schedule_cache_and_modes(synth, synth_teacher, tmp_path, monkeypat
     assert any("kd/robust_weight_mean" in m for m in metrics)
 
 
+@pytest.mark.slow
 def test_resume_restores_prototypes_without_early_refresh(synth, synth_teacher, tmp_path, monkeypatch):
     cfg = refresh_cfg(
         synth_teacher, synth, tmp_path, SOLVER__MAX_ITER="5", DISTILL__PGM__PERIOD="4", SOLVER__CHECKPOINT_PERIOD="3"

@@ -67,6 +67,7 @@ def test_first_images_of_a_larger_set_are_those_of_a_smaller_one(tmp_path):
     assert len(large["annotations"]) > len(small["annotations"])
 
 
+@pytest.mark.slow
 def test_ten_balanced_classes_with_lookalike_pairs(sample):
     anns, cats = sample
     assert len(SHAPES_CLASSES) >= 10 and [c["name"] for c in cats] == list(SHAPES_CLASSES)

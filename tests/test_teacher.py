@@ -35,6 +35,7 @@ model.num_classes = 3
 """
 
 
+@pytest.mark.slow
 def test_lazyconfig_teacher_distils(tmp_path):
     py = tmp_path / "tiny_retinanet.py"
     py.write_text(TINY_LAZY_RETINANET)
@@ -78,6 +79,7 @@ def test_lazyconfig_model_zoo_name_resolves_offline():
 
 
 # ---------------------------------------------------------------- tolerant checkpoint loading
+@pytest.mark.slow
 def test_teacher_checkpoint_without_num_batches_tracked_loads(tmp_path):
     cfg_path, weights = make_teacher(tmp_path, "GeneralizedRCNN")
     ckpt = torch.load(weights, weights_only=False)
@@ -92,6 +94,7 @@ def test_teacher_checkpoint_without_num_batches_tracked_loads(tmp_path):
         assert torch.equal(teacher.state_dict()[k], v), k
 
 
+@pytest.mark.slow
 def test_shape_mismatch_is_not_also_reported_missing(tmp_path):
     cfg_path, weights = make_teacher(tmp_path, "GeneralizedRCNN", num_classes=4)
     teacher = build_model(tiny_cfg(fpn_channels=32))  # 3 classes
