@@ -79,7 +79,7 @@ METHODS = {
 }
 
 __all__ = ["CAPACITY_CONFIGS", "COCO", "DATA_SIZES", "DEMO_CONFIGS", "INVESTIGATION_RESULTS", "METHODS", "METRICS", "RESULTS", "ROOT", "SCALES", "data_opts",
-           "fill_prototypes", "load_cfg", "load_results", "mean_spread", "machine", "plateau_search", "random_batch", "save", "sync", "table_head", "tame_frozen_bn", "train_eval",
+           "fill_prototypes", "load_cfg", "load_results", "mean_spread", "machine", "plateau_search", "random_batch", "save", "sync", "table_head", "write_report", "tame_frozen_bn", "train_eval",
            "zoo_or_project_cfg"]
 
 
@@ -256,3 +256,10 @@ def mean_spread(values):
 def table_head(header):
     """The first two lines of a Markdown table with these column names."""
     return ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
+
+
+def write_report(path, lines):
+    """Write a generated markdown report (``lines`` joined by newlines) to ``path``."""
+    with open(path, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    print("wrote", path)

@@ -18,7 +18,7 @@ import math
 import os
 import statistics
 
-from common import RESULTS, ROOT, SCALES, load_results, mean_spread, table_head
+from common import RESULTS, ROOT, SCALES, load_results, mean_spread, table_head, write_report
 
 OUT = os.path.join(ROOT, "benchmarks", "RESULTS.md")
 
@@ -355,9 +355,7 @@ def main():
     lines += pgm_section()
     lines += refresh_section()
     lines += COMMANDS.splitlines()
-    with open(OUT, "w") as f:
-        f.write("\n".join(lines) + "\n")
-    print("wrote", OUT)
+    write_report(OUT, lines)
 
 
 if __name__ == "__main__":

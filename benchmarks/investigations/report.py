@@ -16,7 +16,7 @@ import statistics
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from common import INVESTIGATION_RESULTS as RESULTS, METRICS, ROOT, load_results, mean_spread, table_head  # noqa: E402
+from common import INVESTIGATION_RESULTS as RESULTS, METRICS, ROOT, load_results, mean_spread, table_head, write_report  # noqa: E402
 
 OUT = os.path.join(ROOT, "benchmarks", "investigations", "RESULTS.md")
 
@@ -285,9 +285,7 @@ def main():
     lines += gradient_probe_section()
     lines += anchor_kl_section()
     lines += COMMANDS.splitlines()
-    with open(OUT, "w") as f:
-        f.write("\n".join(lines) + "\n")
-    print("wrote", OUT)
+    write_report(OUT, lines)
 
 
 if __name__ == "__main__":
