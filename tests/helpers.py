@@ -21,7 +21,7 @@ BASE_CONFIGS = {
     "RetinaNet": "Base-RetinaNet.yaml",
     "FCOS": "Base-FCOS.yaml",
 }
-#: the session fixture (conftest.py) of a tiny teacher of each meta-architecture
+#: the fixture shared by the whole test run (conftest.py) of a tiny teacher of each meta-architecture
 TEACHER_FIXTURES = {"GeneralizedRCNN": "rcnn_teacher", "RetinaNet": "retina_teacher", "FCOS": "fcos_teacher"}
 
 

@@ -174,7 +174,7 @@ def shapes_cfg(root):
 
 def test_registered_from_cfg_with_the_extra_fields(tmp_path):
     for name in ("gkd_shapes_train", "gkd_shapes_val"):
-        if name in DatasetCatalog.list():  # registered by another test of this session
+        if name in DatasetCatalog.list():  # registered by another test of the same pytest run
             DatasetCatalog.remove(name)
             MetadataCatalog.remove(name)
     register_datasets_from_cfg(shapes_cfg(tmp_path / "data"))
