@@ -1,11 +1,11 @@
 #!/usr/bin/env python
-"""The gkd_d2 demo, on CPU in minutes, in the paper's regime: distillation fine-tunes a student
-that is already trained on the task, and is compared with the same fine-tuning without it.
+"""The gkd_d2 demo: about 15 minutes on two CPU cores, in the paper's regime: a student already
+trained on the task is fine-tuned with distillation from a bigger teacher, and compared with the
+same fine-tuning without it.
 
-1. generates the "shapes" dataset (COCO json + PNG images; ``--dataset synth``: the harder
-   "ambiguous instances" data);
-2. trains a small teacher (ResNet-34 FPN) from scratch;
-3. trains the student (ResNet-18 FPN, 64 channels) alone: the trained student;
+1. generates the "shapes" data (COCO json + PNG images, 96 px, ten classes);
+2. trains the teacher, a ResNet-34 FPN-128, from scratch;
+3. trains the student, a half-width ResNet-18 FPN-64 (about 1/6 of the teacher's FLOPs), alone;
 4. fine-tunes that student alone for ``--finetune-iters`` (the fair control);
 5. fine-tunes the same student for as long with global knowledge (feature + response + global
    terms, gkd_d2's default options, prototypes regenerated every epoch);
@@ -13,20 +13,17 @@ that is already trained on the task, and is compared with the same fine-tuning w
 
     python tools/demo.py                        # Faster R-CNN
     python tools/demo.py --detector retinanet
-    python tools/demo.py --teacher-iters 2400 --iters 1200 --finetune-iters 1200   # the replica's lengths
+    python tools/demo.py --seed 1               # another seed of every stage
 
-Everything is trained from scratch (no ImageNet weights here), so absolute APs after a few
-minutes of CPU training are low, and the teacher, trained for minutes too, knows the classes
-only a little better than the student: the demo shows the pipeline, ``benchmarks/replica.py``
-measures the gain (teachers trained for hours, several seeds).
-
-Each stage is an ordinary ``tools/train_net.py`` run of a config in ``configs/Demo`` (the
-commands are printed), so a stage that already finished is reused unless ``--retrain``.
-Each stage runs in its own process with its log in ``<OUTPUT_DIR>/log.txt``. With ``--jobs 2``
-(the default on two or more cores) the teacher trains on half the threads while the student,
-then its fine-tuning alone, train on the other half (the control's unused teacher is the
-trained student, so it need not wait for the teacher); the fine-tuning with global knowledge,
-which needs both, then takes every thread. ``--jobs 1``: one stage after the other.
+The models are those of ``configs/MakeDemo`` (the seed and the schedules come from the command
+line). Each stage is an ordinary ``tools/train_net.py`` run (the commands are printed), so a
+stage that already finished is reused unless ``--retrain``. Each stage runs in its own process
+with its log in ``<OUTPUT_DIR>/log.txt``; its progress (iterations, time left) is printed here.
+With ``--jobs 2`` (the default on two or more cores) the teacher trains on one thread while the
+student, then its fine-tuning alone, train on the other, after which the teacher takes every
+thread; the fine-tuning with global knowledge, which needs both, then takes every thread.
+``--jobs 1``: one stage after the other. ``benchmarks/demo_gain.py`` records the demo's gain on
+several seeds (``benchmarks/results/demo.json``).
 """
 import argparse
 import json
@@ -38,15 +35,22 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 
 import torch
+from detectron2.engine import HookBase
 from detectron2.utils.logger import setup_logger
 
 from gkd_d2 import DistillationCheckpointer, DistillTrainer
 from gkd_d2.config import load_config
 from gkd_d2.data.builtin import register_datasets_from_cfg
-from gkd_d2.data.generated import DEMO_CONFIGS, GENERATED_DATASETS, generated_dataset_opts
+from gkd_d2.data.generated import GENERATED_DATASETS, generated_dataset_opts
 from gkd_d2.schedule import METRICS, finetune_schedule, schedule
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+#: the demo's (teacher, student alone, distillation) configs per detector
+MAKE_DEMO_CONFIGS = {
+    det: (f"configs/MakeDemo/teacher_{det}_R34_FPN.yaml", f"configs/MakeDemo/student_{det}_R18w32_FPN.yaml",
+          f"configs/MakeDemo/gkd_{det}_R34_to_R18w32_FPN.yaml")
+    for det in ("faster_rcnn", "retinanet")
+}
 FINETUNE_ALONE, FINETUNE_GKD = "student fine-tuned alone", "student + global knowledge"
 
 
@@ -56,8 +60,48 @@ def load_cfg(path, opts):
     return cfg
 
 
-def train_and_evaluate(cfg, retrain):
-    """Train (unless a finished run is there) and evaluate with COCOEvaluator: params, APs."""
+class ConsoleProgress(HookBase):
+    """Prints the stage's progress to ``stream`` (the console, while the stage's own output goes
+    to its log file) every ``every`` seconds and after the last step:
+    ``[demo]   teacher: iteration 200/600, 0.71 s/it, about 5 min left``."""
+
+    def __init__(self, stage, stream, every=60.0):
+        self.stage, self.stream, self.every = stage, stream, every
+
+    def before_train(self):
+        self._first = None  # (time, iteration) after the first step: the rate leaves out its set-up
+
+    def after_step(self):
+        now, it, total = time.perf_counter(), self.trainer.iter + 1, self.trainer.max_iter
+        if self._first is None:
+            self._first = self._last = now, it
+            return
+        if now - self._last[0] < self.every and it < total:
+            return
+        self._last = now, it
+        per_iter = (now - self._first[0]) / max(1, it - self._first[1])
+        left = per_iter * (total - it)
+        left = f"about {left / 60:.0f} min left" if left >= 90 else f"about {left:.0f} s left"
+        print(f"[demo]   {self.stage}: iteration {it}/{total}, {per_iter:.2f} s/it, {left}",
+              file=self.stream, flush=True)
+
+
+class MoreThreads(HookBase):
+    """Raises the stage's torch threads to ``threads`` once ``event`` (a multiprocessing Event)
+    is set: the teacher takes the second core when the stages beside it have finished."""
+
+    def __init__(self, event, threads, period=10):
+        self.event, self.threads, self.period = event, threads, period
+
+    def after_step(self):
+        if self.event is not None and self.trainer.iter % self.period == 0 and self.event.is_set():
+            torch.set_num_threads(self.threads)
+            self.event = None
+
+
+def train_and_evaluate(cfg, retrain, hooks=()):
+    """Train (unless a finished run is there) and evaluate with COCOEvaluator: params, APs.
+    ``hooks``: added to the trainer (:class:`ConsoleProgress`, :class:`MoreThreads`)."""
     final = os.path.join(cfg.OUTPUT_DIR, "model_final.pth")
     if os.path.isfile(final) and not retrain:
         print(f"[demo]   reusing {final} (--retrain to train again); evaluating it", flush=True)
@@ -66,6 +110,7 @@ def train_and_evaluate(cfg, retrain):
         results = DistillTrainer.test(cfg, model)
     else:
         trainer = DistillTrainer(cfg)
+        trainer.register_hooks(list(hooks))
         trainer.resume_or_load(resume=False)  # MODEL.WEIGHTS: the trained student, when fine-tuning
         trainer.train()  # Detectron2's EvalHook evaluates DATASETS.TEST after the last step
         results = trainer._last_eval_results
@@ -76,13 +121,15 @@ def train_and_evaluate(cfg, retrain):
     return {"params_M": params, **{k: bbox[k] for k in METRICS}}
 
 
-def run_stage(yaml, opts, retrain, threads):
-    """One stage in its own process (spawned): its stdout / stderr go to OUTPUT_DIR/log.txt.
+def run_stage(name, yaml, opts, retrain, threads, more_threads=None):
+    """One stage in its own process (spawned): its stdout / stderr go to OUTPUT_DIR/log.txt, its
+    progress to the console. ``more_threads``: (event, threads) for :class:`MoreThreads`.
     Returns :func:`train_and_evaluate`'s row and ``seconds``, the stage's time in its process.
     The stage's full config goes to OUTPUT_DIR/config.yaml (``tools/export_student.py`` reads it)."""
     cfg = load_cfg(yaml, opts)
     os.makedirs(cfg.OUTPUT_DIR, exist_ok=True)
     log = open(os.path.join(cfg.OUTPUT_DIR, "log.txt"), "a", buffering=1)
+    console = sys.stdout
     sys.stdout = sys.stderr = log
     torch.set_num_threads(threads)
     setup_logger(name="fvcore")
@@ -90,8 +137,9 @@ def run_stage(yaml, opts, retrain, threads):
     setup_logger()
     logging.getLogger("detectron2").setLevel(logging.INFO)
     register_datasets_from_cfg(cfg)  # already generated by the parent: registers only
+    hooks = [ConsoleProgress(name, console)] + ([MoreThreads(*more_threads)] if more_threads else [])
     began = time.perf_counter()
-    row = {**train_and_evaluate(cfg, retrain), "seconds": time.perf_counter() - began}
+    row = {**train_and_evaluate(cfg, retrain, hooks), "seconds": time.perf_counter() - began}
     path = os.path.join(cfg.OUTPUT_DIR, "config.yaml")  # as train_net.py's default_setup
     with open(path + ".tmp", "w") as f:
         f.write(cfg.dump())
@@ -101,11 +149,11 @@ def run_stage(yaml, opts, retrain, threads):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--detector", choices=sorted(DEMO_CONFIGS), default="faster_rcnn")
-    parser.add_argument("--iters", type=int, default=220, help="iterations of the student trained alone")
-    parser.add_argument("--finetune-iters", type=int, default=220,
+    parser.add_argument("--detector", choices=sorted(MAKE_DEMO_CONFIGS), default="faster_rcnn")
+    parser.add_argument("--iters", type=int, default=300, help="iterations of the student trained alone")
+    parser.add_argument("--finetune-iters", type=int, default=400,
                         help="iterations of both fine-tunings of the trained student (alone / distilled)")
-    parser.add_argument("--teacher-iters", type=int, default=440)
+    parser.add_argument("--teacher-iters", type=int, default=600)
     parser.add_argument("--dataset", choices=sorted(GENERATED_DATASETS), default="shapes",
                         help="the generated data: 'shapes' (ten classes a small detector learns, a minority of "
                              "ambiguous instances; gkd_d2/data/generated/shapes.py) or 'synth' (ambiguous instances, "
@@ -126,7 +174,7 @@ def main():
         parser.error(f"every schedule needs at least 10 iterations (got {short})")
     setup_logger(name="gkd_d2")
 
-    teacher_yaml, student_yaml, gkd_yaml = DEMO_CONFIGS[args.detector]
+    teacher_yaml, student_yaml, gkd_yaml = MAKE_DEMO_CONFIGS[args.detector]
     out = os.path.join(args.output, args.detector)
     node = GENERATED_DATASETS[args.dataset][0]
     common = generated_dataset_opts(args.dataset) + [  # every stage: the data and the seed
@@ -150,14 +198,15 @@ def main():
         "OUTPUT_DIR", os.path.join(out, "gkd"), "DISTILL.TEACHER.CONFIG_FILE", os.path.join(ROOT, teacher_yaml),
         "DISTILL.TEACHER.WEIGHTS", os.path.join(teacher_dir, "model_final.pth"),
     ])
+    start = time.perf_counter()
+    print(f"[demo] the '{args.dataset}' data: {args.num_train} + {args.num_val} images (generated once)", flush=True)
     register_datasets_from_cfg(load_cfg(teacher_yaml, common))  # generates the data, once
     table = {}
-    start = time.perf_counter()
     spawn = multiprocessing.get_context("spawn")  # a fresh interpreter: no inherited thread pools
 
-    with ProcessPoolExecutor(max_workers=args.jobs, mp_context=spawn) as pool:
+    with ProcessPoolExecutor(max_workers=args.jobs, mp_context=spawn, max_tasks_per_child=1) as pool, spawn.Manager() as manager:
 
-        def launch(stage, threads):
+        def launch(stage, threads, more_threads=None):
             name, yaml, opts = stage
             opts = common + opts
             cfg = load_cfg(yaml, opts)
@@ -168,7 +217,7 @@ def main():
                 f"[demo]   = python tools/train_net.py --config-file {yaml} {' '.join(opts)}",
                 flush=True,
             )
-            return name, log, pool.submit(run_stage, yaml, opts, args.retrain, threads)
+            return name, log, pool.submit(run_stage, name, yaml, opts, args.retrain, threads, more_threads)
 
         def finish(launched):
             name, log, future = launched
@@ -181,11 +230,12 @@ def main():
 
         if args.jobs == 2:  # the teacher on one core; the student, then its fine-tuning alone, on the other
             half = max(1, args.threads // 2)
-            running_teacher, running_student = launch(teacher, half), launch(student, half)
-            finish(running_student)
-            running_control = launch(control, half)
+            alone_done = manager.Event()  # then the teacher takes every thread
+            running_teacher = launch(teacher, half, (alone_done, args.threads))
+            finish(launch(student, half))
+            finish(launch(control, half))
+            alone_done.set()
             finish(running_teacher)
-            finish(running_control)
         else:
             for stage in (teacher, student, control):
                 finish(launch(stage, args.threads))
