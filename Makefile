@@ -16,4 +16,4 @@ bench: bootstrap
 	$(PY) benchmarks/bench_pgm.py
 
 clean-demo:
-	rm -rf output/demo datasets/gkd_synth datasets/gkd_shapes
+	rm -rf output/demo datasets/gkd_synth datasets/gkd_shapes datasets/gkd_shapes_96

@@ -150,8 +150,8 @@ def run_stage(name, yaml, opts, retrain, threads, more_threads=None):
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--detector", choices=sorted(MAKE_DEMO_CONFIGS), default="faster_rcnn")
-    parser.add_argument("--iters", type=int, default=300, help="iterations of the student trained alone")
-    parser.add_argument("--finetune-iters", type=int, default=400,
+    parser.add_argument("--iters", type=int, default=400, help="iterations of the student trained alone")
+    parser.add_argument("--finetune-iters", type=int, default=200,
                         help="iterations of both fine-tunings of the trained student (alone / distilled)")
     parser.add_argument("--teacher-iters", type=int, default=600)
     parser.add_argument("--dataset", choices=sorted(GENERATED_DATASETS), default="shapes",
