@@ -24,6 +24,8 @@ from common import RESULTS, ROOT, machine, save  # noqa: E402
 
 DEMO = os.path.join(ROOT, "tools", "demo.py")
 ALONE, DISTILLED = "student fine-tuned alone", "student + global knowledge"
+#: a record replaces the one of the same seed, detector and extra arguments
+RECORD_KEY = ("seed", "detector", "args")
 
 
 def run_seed(seed, detector, extra, keep=None):
@@ -66,7 +68,7 @@ def main(argv=None):
     extra = args.demo_args[1:] if args.demo_args[:1] == ["--"] else args.demo_args
     for seed in args.seeds:
         record = run_seed(seed, args.detector, extra, args.keep)
-        save(record, args.results, key_fields=("seed", "detector", "args"))
+        save(record, args.results, key_fields=RECORD_KEY)
         print(f"[demo_gain] seed {seed}: gain {record['gain_ap']:+.2f} AP, teacher {record['teacher_ap']:.1f} AP, "
               f"{record['seconds']:.0f} s", flush=True)
 

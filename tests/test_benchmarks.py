@@ -108,3 +108,32 @@ def test_replica_data_of_other_sizes_gets_its_own_folder():
         os.path.join("output", "replica", "shapes", "data"), ["2000", "200", "160"])
     assert root_and_sizes(common.data_opts("shapes", "cpu", 0, 8, 4, 64)) == (
         os.path.join("output", "replica", "shapes", "data_8x64_val4"), ["8", "4", "64"])
+
+
+def _demo_record(seed, gain, alone=10.0):
+    stages = {"teacher": 20.0, "trained student": 2.0, "student fine-tuned alone": alone,
+              "student + global knowledge": alone + gain}
+    return {"seed": seed, "detector": "faster_rcnn", "gain_ap": gain, "seconds": 700.0, "stages_ap": stages,
+            "date": "2026-12-03T00:00:00+00:00", "machine": {"hardware": "cpu", "cpu_count": 2, "code": "abc"}}
+
+
+def test_demo_section_lists_every_seed_and_the_mean_gain():
+    import report
+
+    lines = report.demo_section([_demo_record(1, -0.5), _demo_record(0, 2.0)])
+    rows = [line for line in lines if line.startswith("| faster_rcnn")]
+    assert [row.split(" | ")[1] for row in rows] == ["0", "1"]  # sorted by seed
+    assert "| +2.00 |" in rows[0] and "| -0.50 |" in rows[1] and "| 12.00 |" in rows[0]
+    assert "Mean gain +0.75 AP over 2 seeds; 1 of 2 positive." in lines
+    assert report.demo_section(None) == []
+
+
+def test_demo_gain_records_replace_the_same_seed(tmp_path):
+    import demo_gain
+
+    path = str(tmp_path / "demo.json")
+    for gain in (1.0, 3.0):  # the same seed run twice: its record replaced
+        common.save(_demo_record(0, gain), path, key_fields=demo_gain.RECORD_KEY)
+    common.save(_demo_record(1, 2.0), path, key_fields=demo_gain.RECORD_KEY)
+    records = json.load(open(path))
+    assert [(r["seed"], r["gain_ap"]) for r in records] == [(0, 3.0), (1, 2.0)]
