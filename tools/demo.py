@@ -5,7 +5,7 @@ same fine-tuning without it.
 
 1. generates the "shapes" data (COCO json + PNG images, 96 px, ten classes);
 2. trains the teacher, a ResNet-34 FPN-128, from scratch;
-3. trains the student, a half-width ResNet-18 FPN-64 (about 1/6 of the teacher's FLOPs), alone;
+3. trains the student, a half-width ResNet-18 FPN-64 (0.21 of the teacher's FLOPs), alone;
 4. fine-tunes that student alone for ``--finetune-iters`` (the fair control);
 5. fine-tunes the same student for as long with global knowledge (feature + response + global
    terms, gkd_d2's default options, prototypes regenerated every epoch);
