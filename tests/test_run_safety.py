@@ -57,17 +57,23 @@ def test_failure_at_the_first_refresh_keeps_the_earlier_config(ids_3_7_42, rcnn_
     assert files_of(out, before) == before
 
 
-def test_failure_at_the_first_batch_keeps_the_earlier_config(ids_3_7_42, tmp_path):
-    """A student trained alone (no refresh): the data loader's first batch meets the missing image."""
-    json_file, images = copy_dataset(*ids_3_7_42, tmp_path / "data")
-    for name in os.listdir(images):  # every image gone: the first batch reads one of them
-        os.remove(os.path.join(images, name))
+def student_without_test_set(tmp_path):
+    """A tiny student config without DATASETS.TEST in tmp_path/student.yaml, and an earlier run's
+    files in tmp_path/out: (yaml path, output folder, earlier_run's record of them)."""
     cfg = tiny_cfg()
     cfg.DATASETS.TEST = ()
     yaml = tmp_path / "student.yaml"
     yaml.write_text(cfg.dump())
     out = tmp_path / "out"
-    before = earlier_run(out)
+    return yaml, out, earlier_run(out)
+
+
+def test_failure_at_the_first_batch_keeps_the_earlier_config(ids_3_7_42, tmp_path):
+    """A student trained alone (no refresh): the data loader's first batch meets the missing image."""
+    json_file, images = copy_dataset(*ids_3_7_42, tmp_path / "data")
+    for name in os.listdir(images):  # every image gone: the first batch reads one of them
+        os.remove(os.path.join(images, name))
+    yaml, out, before = student_without_test_set(tmp_path)
     args = train_net.parse_args(["--config-file", str(yaml), *coco_opts("edge_safety_batch", json_file, images),
                                  "OUTPUT_DIR", str(out)])
     with pytest.raises(ImageReadError, match=f"^Cannot read image '{images}/0000\\d\\d.png' \\(no such file\\)"):
@@ -113,12 +119,7 @@ def test_started_run_writes_config_after_its_first_step_and_warns_loss_scale(
 
 # ------------------------------------------------------------------------------- --eval-only
 def test_eval_only_without_test_set_is_an_error(tmp_path, monkeypatch):
-    cfg = tiny_cfg()
-    cfg.DATASETS.TEST = ()
-    yaml = tmp_path / "student.yaml"
-    yaml.write_text(cfg.dump())
-    out = tmp_path / "out"
-    before = earlier_run(out)
+    yaml, out, before = student_without_test_set(tmp_path)
     built = []
     monkeypatch.setattr(train_net.DistillTrainer, "build_model", classmethod(lambda cls, c: built.append(c)))
     args = train_net.parse_args(["--config-file", str(yaml), "--eval-only", "OUTPUT_DIR", str(out)])
